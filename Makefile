@@ -1,0 +1,47 @@
+# tfcluster: `make demo` runs the main job on the embedded default, `make test` runs the tests.
+# Both create .venv from the pinned dependencies (requirements.lock) when it is missing.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+export KERAS_BACKEND := tensorflow
+export TF_CPP_MIN_LOG_LEVEL := 2
+export RAY_AUTH_MODE := token
+
+.PHONY: venv test demo ray-up ray-down bench clean help
+
+help:
+	@echo "make demo      train NMT with ray job submit on a local Ray cluster, serve it, translate"
+	@echo "make test      run the test suite"
+	@echo "make ray-up    start a local Ray head (127.0.0.1, token auth, dashboard :8265)"
+	@echo "make ray-down  stop it"
+	@echo "make bench     run the benchmarks (JSON under bench/results/)"
+
+venv: $(STAMP)
+
+$(STAMP): requirements.lock pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip "setuptools==84.2.1"
+	$(BIN)/python -m pip install --quiet -r requirements.lock
+	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
+	@# Ray's CLI (`ray job submit`) authenticates only when RAY_AUTH_MODE=token is set.
+	@grep -q RAY_AUTH_MODE $(BIN)/activate || echo 'export RAY_AUTH_MODE=token' >> $(BIN)/activate
+	@touch $(STAMP)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q tests
+
+demo: $(STAMP)
+	$(BIN)/tfcluster demo
+
+ray-up: $(STAMP)
+	$(BIN)/tfcluster cluster up
+
+ray-down: $(STAMP)
+	$(BIN)/tfcluster cluster down
+
+bench: $(STAMP)
+	$(BIN)/python bench/nmt_train.py
+
+clean:
+	rm -rf runs models demo .pytest_cache

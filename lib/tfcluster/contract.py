@@ -1,0 +1,78 @@
+"""The serving contract: model names, signatures and tensor keys, written once.
+
+Every exporter, the gRPC client, the warmup-record writer, the local model server
+and the Helm values read these names, so no string is repeated anywhere else.
+
+| model | `serving_default` inputs                 | outputs                                   |
+|-------|------------------------------------------|-------------------------------------------|
+| nmt   | source: string [batch]                   | translation: string [batch], score: float |
+| dcgan | z: float32 [batch, z_dim]                | images: uint8 [batch, H, W, C]            |
+| dqn   | observation: float32/uint8 [batch, ...]  | action: int64 [batch], q_values [batch,A] |
+| pg    | observation: float32 [batch, obs]        | action: int64 [batch], probabilities      |
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+DEFAULT_SIGNATURE = "serving_default"
+WARMUP_FILE = "assets.extra/tf_serving_warmup_requests"
+
+
+@dataclass(frozen=True)
+class Tensor:
+    """One named tensor of a signature: key, dtype name (tf.DType.name) and shape (None = any)."""
+
+    key: str
+    dtype: str
+    shape: tuple[int | None, ...]
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """The serving contract of one workload's SavedModel."""
+
+    name: str
+    inputs: tuple[Tensor, ...]
+    outputs: tuple[Tensor, ...]
+    signature: str = DEFAULT_SIGNATURE
+
+    def input(self, key: str) -> Tensor:
+        return next(t for t in self.inputs if t.key == key)
+
+    def output(self, key: str) -> Tensor:
+        return next(t for t in self.outputs if t.key == key)
+
+
+NMT = ModelSpec(
+    name="nmt",
+    inputs=(Tensor("source", "string", (None,)),),
+    outputs=(Tensor("translation", "string", (None,)), Tensor("score", "float32", (None,))),
+)
+DCGAN = ModelSpec(
+    name="dcgan",
+    inputs=(Tensor("z", "float32", (None, None)),),
+    outputs=(Tensor("images", "uint8", (None, None, None, None)),),
+)
+DQN = ModelSpec(
+    name="dqn",
+    inputs=(Tensor("observation", "float32", (None, None)),),
+    outputs=(Tensor("action", "int64", (None,)), Tensor("q_values", "float32", (None, None))),
+)
+PG = ModelSpec(
+    name="pg",
+    inputs=(Tensor("observation", "float32", (None, None)),),
+    outputs=(Tensor("action", "int64", (None,)), Tensor("probabilities", "float32", (None, None))),
+)
+
+MODELS: dict[str, ModelSpec] = {m.name: m for m in (NMT, DCGAN, DQN, PG)}
+
+
+def spec(name: str) -> ModelSpec:
+    """The contract of model `name`; a one-line error for an unknown name."""
+    from tfcluster.errors import UserError
+
+    try:
+        return MODELS[name]
+    except KeyError:
+        raise UserError(f"unknown model {name!r}; known models: {', '.join(MODELS)}") from None

@@ -1,0 +1,110 @@
+"""Export: SavedModel + named signatures + warmup records -> `<base>/<model>/<version>/`.
+
+A version is written under a hidden temporary folder next to its final place and then
+renamed, so a model server polling `<base>/<model>/` (TF Serving or tfcluster's own)
+never sees half a model: it only ever lists complete, numeric version folders.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import uuid
+from typing import Any, Mapping
+
+import numpy as np
+
+from tfcluster import contract
+from tfcluster.errors import UserError
+
+_VERSION = re.compile(r"^\d+$")
+
+
+def versions(base: str, name: str) -> list[int]:
+    """The numeric version folders of model `name` under `base`, ascending."""
+    import tensorflow as tf
+
+    d = os.path.join(base, name)
+    if not tf.io.gfile.isdir(d):
+        return []
+    return sorted(int(p.rstrip("/")) for p in tf.io.gfile.listdir(d) if _VERSION.match(p.rstrip("/")))
+
+
+def next_version(base: str, name: str) -> int:
+    vs = versions(base, name)
+    return (vs[-1] + 1) if vs else 1
+
+
+def warmup_log(spec: contract.ModelSpec, inputs: Mapping[str, Any]):
+    """A `PredictionLog` holding one Predict request for the warmup file."""
+    import tensorflow as tf
+    from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
+
+    req = predict_pb2.PredictRequest(
+        model_spec=model_pb2.ModelSpec(name=spec.name, signature_name=spec.signature)
+    )
+    for key, value in inputs.items():
+        t = spec.input(key)
+        req.inputs[key].CopyFrom(tf.make_tensor_proto(np.asarray(value), dtype=tf.as_dtype(t.dtype) if t.dtype != "string" else tf.string))
+    return prediction_log_pb2.PredictionLog(predict_log=prediction_log_pb2.PredictLog(request=req))
+
+
+def write_warmup(saved_model_dir: str, spec: contract.ModelSpec, requests: list[Mapping[str, Any]]) -> str:
+    """Write `assets.extra/tf_serving_warmup_requests` (TFRecord of PredictionLog)."""
+    import tensorflow as tf
+
+    path = os.path.join(saved_model_dir, contract.WARMUP_FILE)
+    tf.io.gfile.makedirs(os.path.dirname(path))
+    with tf.io.TFRecordWriter(path) as w:
+        for inputs in requests:
+            w.write(warmup_log(spec, inputs).SerializeToString())
+    return path
+
+
+def save_version(
+    module: Any,
+    signatures: Mapping[str, Any],
+    model_base_path: str,
+    spec: contract.ModelSpec,
+    *,
+    warmup: list[Mapping[str, Any]] | None = None,
+    version: int | None = None,
+) -> str:
+    """Save `module` with `signatures` as the next (or the given) version; returns its path.
+
+    `signatures` maps signature names to concrete functions; `spec.signature` must be one.
+    """
+    import tensorflow as tf
+
+    if spec.signature not in signatures:
+        raise ValueError(f"export of {spec.name} lacks the {spec.signature!r} signature")
+    model_dir = os.path.join(model_base_path, spec.name)
+    tf.io.gfile.makedirs(model_dir)
+    version = version or next_version(model_base_path, spec.name)
+    final = os.path.join(model_dir, str(version))
+    if tf.io.gfile.exists(final):
+        raise UserError(f"version {version} of {spec.name} already exists at {final}")
+    tmp = os.path.join(model_dir, f".tmp-{version}-{uuid.uuid4().hex[:8]}")
+    tf.saved_model.save(module, tmp, signatures=dict(signatures))
+    if warmup:
+        write_warmup(tmp, spec, warmup)
+    tf.io.gfile.rename(tmp, final)
+    return final
+
+
+def check_signature(path: str, spec: contract.ModelSpec) -> None:
+    """Raise ValueError when the SavedModel at `path` does not match the contract."""
+    import tensorflow as tf
+
+    loaded = tf.saved_model.load(path)
+    fn = loaded.signatures.get(spec.signature)
+    if fn is None:
+        raise ValueError(f"{path}: no {spec.signature!r} signature")
+    ins = fn.structured_input_signature[1]
+    outs = fn.structured_outputs
+    for t in spec.inputs:
+        if t.key not in ins or ins[t.key].dtype.name != t.dtype:
+            raise ValueError(f"{path}: input {t.key!r} should be {t.dtype}, got {ins.get(t.key)}")
+    for t in spec.outputs:
+        if t.key not in outs or outs[t.key].dtype.name != t.dtype:
+            raise ValueError(f"{path}: output {t.key!r} should be {t.dtype}, got {outs.get(t.key)}")

@@ -1,0 +1,162 @@
+"""The Ray Train driver: `run(workload, cfg)` trains on `cfg.num_workers` Ray workers.
+
+Three layers, as in Ray's own examples:
+  * `scaling(cfg)` / `run_config(cfg)`: typed builders;
+  * `train_loop_per_worker(config: dict)`: first line `Config(**config)`, then the shared loop;
+  * `run(workload, cfg) -> dict`: joins or starts Ray, fits a `TensorflowTrainer`, exports.
+
+The same command run again resumes from `out_dir/ckpt` and says so; `--max_failures`
+lets Ray Train restart failed workers, which resume from the last checkpoint.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from typing import Any
+
+from tfcluster import config as config_mod
+from tfcluster.errors import UserError
+from tfcluster.train.loop import WorkerContext, latest_checkpoint, run_loop
+
+
+def _abs(path: str) -> str:
+    return path if "://" in path else os.path.abspath(path)
+
+
+def init_ray(address: str = "") -> None:
+    """Join `address` (or RAY_ADDRESS, e.g. inside `ray job submit`), else start a local Ray."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = address or os.environ.get("RAY_ADDRESS", "")
+    # The local driver and its workers must import tfcluster from this checkout.
+    lib = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    pythonpath = os.pathsep.join(p for p in (lib, os.environ.get("PYTHONPATH", "")) if p)
+    runtime_env = {"env_vars": {"PYTHONPATH": pythonpath, "KERAS_BACKEND": "tensorflow", "TF_CPP_MIN_LOG_LEVEL": "2"}}
+    for k in ("TFCLUSTER_FAIL_AT_STEP",):
+        if k in os.environ:
+            runtime_env["env_vars"][k] = os.environ[k]
+    try:
+        if address:
+            ray.init(address=address, runtime_env=runtime_env, log_to_driver=True, logging_level="ERROR")
+        else:
+            ray.init(runtime_env=runtime_env, include_dashboard=False, logging_level="ERROR")
+    except ConnectionError as e:
+        raise UserError(f"cannot reach the Ray cluster at {address!r}: {e}") from None
+
+
+def check_resources(cfg: Any) -> None:
+    """Fail fast (one line) when the cluster cannot host the workers, instead of waiting forever."""
+    import ray
+
+    res = ray.cluster_resources()
+    need_cpu = cfg.num_workers * cfg.cpus_per_worker
+    if res.get("CPU", 0) < need_cpu:
+        raise UserError(
+            f"--num_workers {cfg.num_workers} x --cpus_per_worker {cfg.cpus_per_worker:g} needs {need_cpu:g} CPUs, "
+            f"the Ray cluster has {res.get('CPU', 0):g}; lower --num_workers or --cpus_per_worker"
+        )
+    if cfg.use_gpu and res.get("GPU", 0) < cfg.num_workers:
+        raise UserError(
+            f"--use_gpu with --num_workers {cfg.num_workers} needs {cfg.num_workers} GPUs, "
+            f"the Ray cluster has {res.get('GPU', 0):g}; drop --use_gpu or add GPU nodes"
+        )
+
+
+def scaling(cfg: Any):
+    from ray.train import ScalingConfig
+
+    per_worker = {"CPU": cfg.cpus_per_worker}
+    if cfg.use_gpu:
+        per_worker["GPU"] = 1
+    return ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu, resources_per_worker=per_worker)
+
+
+def run_config(cfg: Any, workload: str):
+    from ray.train import FailureConfig, RunConfig
+
+    return RunConfig(
+        name=f"{workload}-{time.strftime('%Y%m%d-%H%M%S')}",
+        storage_path=_abs(os.path.join(cfg.out_dir, "ray")),
+        failure_config=FailureConfig(max_failures=cfg.max_failures),
+    )
+
+
+def train_loop_per_worker(config: dict) -> None:
+    """Runs on every Ray Train worker."""
+    import ray.train
+    from tfcluster import workloads
+
+    wl = workloads.get(config["workload"])
+    cfg = wl.Config(**config["config"])
+    tctx = ray.train.get_context()
+    ctx = WorkerContext(rank=tctx.get_world_rank(), world_size=tctx.get_world_size())
+
+    def report(metrics: dict, _ckpt: str | None) -> None:
+        ray.train.report({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
+
+    run_loop(lambda strategy: wl.Task(cfg, strategy, ctx), cfg, ctx, report)
+
+
+def resolve(workload: str, argv: list[str] | None = None, *, description: str | None = None):
+    """Parse the flags of `workload` into its Config (preset < saved config < flags)."""
+    import argparse
+
+    from tfcluster import workloads
+
+    wl = workloads.get(workload)
+    parser = argparse.ArgumentParser(prog=f"train_{workload}.py", description=description or (wl.__doc__ or "").splitlines()[0])
+    config_mod.add_config_flags(parser, wl.Config)
+    cfg, _ = config_mod.config_from_args(wl.Config, parser.parse_args(argv))
+    return cfg
+
+
+def run(workload: str, cfg: Any) -> dict[str, Any]:
+    """Train `workload` with `cfg` on Ray; export to `cfg.model_base_path` at the end."""
+    from ray.train.tensorflow import TensorflowTrainer
+    from tfcluster import workloads
+
+    wl = workloads.get(workload)
+    resumed = latest_checkpoint(cfg.out_dir) is not None
+    if hasattr(wl, "prepare"):
+        cfg = wl.prepare(cfg)  # e.g. build vocabularies into out_dir, once, before workers start
+    config_mod.save(cfg)
+    print(f"# {workload}: {'resuming in' if resumed else 'new run in'} {cfg.out_dir}", flush=True)
+    print("# hyperparameters\n" + config_mod.table(cfg), flush=True)
+    init_ray(cfg.address)
+    check_resources(cfg)
+    trainer = TensorflowTrainer(
+        train_loop_per_worker=train_loop_per_worker,
+        train_loop_config={"workload": workload, "config": config_mod.to_dict(cfg)},
+        scaling_config=scaling(cfg),
+        run_config=run_config(cfg, workload),
+    )
+    result = trainer.fit()
+    if result.error is not None:
+        raise RuntimeError(f"training failed: {result.error}")
+    metrics = dict(result.metrics or {})
+    if cfg.model_base_path:
+        path = wl.export_checkpoint(cfg, which="best")
+        print(f"# exported {path}", flush=True)
+        metrics["export_path"] = path
+    return metrics
+
+
+def main(workload: str, argv: list[str] | None = None) -> int:
+    """What `jobs/train_<workload>.py` runs."""
+    from tfcluster.errors import main_guard
+
+    @main_guard
+    def _main() -> int:
+        cfg = resolve(workload, argv)
+        run(workload, cfg)
+        return 0
+
+    return _main()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main(sys.argv[1], sys.argv[2:]))

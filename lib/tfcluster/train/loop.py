@@ -1,0 +1,209 @@
+"""The custom training loop every workload shares, on one worker or many.
+
+Keras 3 `Model.fit` fails under `MultiWorkerMirroredStrategy` (a PerReplica conversion
+error), so training is a custom loop: `strategy.run` on a distributed dataset made by
+`distribute_datasets_from_function` (each worker reads its own shard), the optimizer
+aggregating gradients across replicas, checkpoints through `tf.train.CheckpointManager`.
+
+A workload plugs in a `Task` (see `Task` below). The loop owns: the step counter,
+checkpoint/restore (so a rerun or a restarted worker resumes), stats lines and
+metrics.jsonl, periodic evaluation, the best-metric checkpoint, and reporting to Ray
+(Train or Tune) through a `report` callable.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tempfile
+import time
+from typing import Any, Callable, Protocol
+
+from tfcluster.metrics import MetricsWriter
+
+CKPT_DIR = "ckpt"
+BEST_DIR = "best"
+FAIL_AT_STEP_ENV = "TFCLUSTER_FAIL_AT_STEP"  # fault injection for the restart test
+
+
+@dataclasses.dataclass(frozen=True)
+class WorkerContext:
+    """Who this worker is: rank and world size (from Ray Train, or 0 / 1 alone)."""
+
+    rank: int = 0
+    world_size: int = 1
+
+    @property
+    def is_chief(self) -> bool:
+        return self.rank == 0
+
+
+class Task(Protocol):
+    """What a workload gives the loop (built inside `strategy.scope()`).
+
+    - `num_steps`: total training steps.
+    - `trackables()`: the objects to checkpoint (models, optimizers).
+    - `dataset(input_context)`: this input pipeline's shard, batched per replica, repeated.
+    - `replica_step(batch)`: one step on one replica; returns a dict of scalar tensors to
+      be summed across replicas and steps (loss sums, token counts, ...).
+    - `stats(sums, steps, seconds)`: metrics for a stats line from the summed values.
+    - `evaluate(step)`: quality metrics (chief only), e.g. {"eval/bleu": 21.3}.
+    - `best_metric`: (name, "max"|"min") of the metric whose best checkpoint is kept, or None.
+    """
+
+    num_steps: int
+    best_metric: tuple[str, str] | None
+
+    def trackables(self) -> dict[str, Any]: ...
+    def dataset(self, input_context: Any) -> Any: ...
+    def replica_step(self, batch: Any) -> dict[str, Any]: ...
+    def stats(self, sums: dict[str, float], steps: int, seconds: float) -> dict[str, float]: ...
+    def evaluate(self, step: int) -> dict[str, float]: ...
+
+
+def make_strategy(world_size: int):
+    """MultiWorkerMirroredStrategy across Ray Train workers (TF_CONFIG set by Ray), else the default."""
+    import tensorflow as tf
+
+    if world_size > 1:
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    return tf.distribute.get_strategy()
+
+
+def checkpoint_dir(out_dir: str, ctx: WorkerContext) -> str:
+    """The chief writes to out_dir/ckpt; other workers write throw-away copies (MWMS needs all to save)."""
+    if ctx.is_chief:
+        return os.path.join(out_dir, CKPT_DIR)
+    return os.path.join(tempfile.gettempdir(), f"tfcluster-worker{ctx.rank}-{os.getpid()}")
+
+
+def latest_checkpoint(out_dir: str, which: str = "last") -> str | None:
+    """Path prefix of the last (or best) checkpoint in `out_dir`, or None."""
+    import tensorflow as tf
+
+    sub = BEST_DIR if which == "best" else CKPT_DIR
+    path = tf.train.latest_checkpoint(os.path.join(out_dir, sub))
+    if path is None and which == "best":
+        return latest_checkpoint(out_dir, "last")
+    return path
+
+
+def _copy_checkpoint(prefix: str, dest_dir: str) -> None:
+    """Copy the files of checkpoint `prefix` into dest_dir as its only checkpoint."""
+    import tensorflow as tf
+
+    if tf.io.gfile.exists(dest_dir):
+        tf.io.gfile.rmtree(dest_dir)
+    tf.io.gfile.makedirs(dest_dir)
+    base = os.path.basename(prefix)
+    for f in tf.io.gfile.glob(prefix + ".*"):
+        tf.io.gfile.copy(f, os.path.join(dest_dir, os.path.basename(f)), overwrite=True)
+    with tf.io.gfile.GFile(os.path.join(dest_dir, "checkpoint"), "w") as fh:
+        fh.write(f'model_checkpoint_path: "{base}"\nall_model_checkpoint_paths: "{base}"\n')
+
+
+def _maybe_fail(step: int, out_dir: str) -> None:
+    """Exit the process once at step N when TFCLUSTER_FAIL_AT_STEP=N (fault-injection hook)."""
+    at = os.environ.get(FAIL_AT_STEP_ENV)
+    if not at or step != int(at):
+        return
+    marker = os.path.join(out_dir, f".failed_at_{at}")
+    if os.path.exists(marker):
+        return
+    open(marker, "w").close()
+    print(f"fault injection: worker exits at step {step}", flush=True)
+    os._exit(1)
+
+
+def run_loop(
+    make_task: Callable[[Any], Task],
+    cfg: Any,
+    ctx: WorkerContext = WorkerContext(),
+    report: Callable[[dict[str, Any], str | None], None] | None = None,
+) -> dict[str, float]:
+    """Train `make_task(strategy)` to `task.num_steps`, resuming from `cfg.out_dir`; returns the last metrics.
+
+    `report(metrics, checkpoint_dir_or_None)` is called on every worker at each stats
+    and eval point (Ray Train's or Ray Tune's report); the checkpoint dir is given at eval
+    points, after the chief saved.
+    """
+    import tensorflow as tf
+
+    if ctx.world_size > 1 and cfg.cpus_per_worker >= 1:
+        n = int(cfg.cpus_per_worker)
+        tf.config.threading.set_intra_op_parallelism_threads(n)
+        tf.config.threading.set_inter_op_parallelism_threads(max(1, n))
+    tf.keras.utils.set_random_seed(cfg.seed + ctx.rank)
+    strategy = make_strategy(ctx.world_size)
+    writer = MetricsWriter(cfg.out_dir, enabled=ctx.is_chief)
+
+    with strategy.scope():
+        task = make_task(strategy)
+        step_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
+        best_var = tf.Variable(float("nan"), dtype=tf.float64, trainable=False, name="best_metric")
+        ckpt = tf.train.Checkpoint(step=step_var, best=best_var, **task.trackables())
+    manager = tf.train.CheckpointManager(ckpt, checkpoint_dir(cfg.out_dir, ctx), max_to_keep=cfg.keep_checkpoint_max)
+
+    restore_from = tf.train.latest_checkpoint(os.path.join(cfg.out_dir, CKPT_DIR))
+    if restore_from:
+        ckpt.restore(restore_from).expect_partial()
+        writer.log(f"# resuming from step {int(step_var.numpy())} ({restore_from})")
+    start = int(step_var.numpy())
+    if start >= task.num_steps:
+        writer.log(f"# already trained to step {start} >= num_train_steps {task.num_steps}; nothing to do")
+        return {}
+
+    dist_ds = strategy.distribute_datasets_from_function(task.dataset)
+    iterator = iter(dist_ds)
+
+    @tf.function
+    def train_step(it):
+        per_replica = strategy.run(task.replica_step, args=(next(it),))
+        return {k: strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None) for k, v in per_replica.items()}
+
+    def save(step: int) -> str:
+        step_var.assign(step)
+        return manager.save(checkpoint_number=step)
+
+    last: dict[str, float] = {}
+    sums: dict[str, Any] = {}
+    n_steps, t0 = 0, time.perf_counter()
+    step = start
+    writer.log(f"# training from step {start} to {task.num_steps}")
+    while step < task.num_steps:
+        out = train_step(iterator)
+        step += 1
+        n_steps += 1
+        for k, v in out.items():
+            sums[k] = sums[k] + v if k in sums else v
+        _maybe_fail(step, cfg.out_dir)
+        is_stats = step % cfg.steps_per_stats == 0 or step == task.num_steps
+        is_eval = step % cfg.eval_every == 0 or step == task.num_steps
+        if not (is_stats or is_eval):
+            continue
+        if is_stats:
+            seconds = time.perf_counter() - t0
+            host = {k: float(v.numpy()) for k, v in sums.items()}
+            last = task.stats(host, n_steps, seconds)
+            sums, n_steps = {}, 0
+        ckpt_path = None
+        if is_eval:
+            ckpt_path = save(step)
+            if ctx.is_chief:
+                ev = task.evaluate(step)
+                last.update(ev)
+                if task.best_metric and task.best_metric[0] in ev:
+                    name, mode = task.best_metric
+                    value, best = ev[name], float(best_var.numpy())
+                    if best != best or (value > best if mode == "max" else value < best):
+                        best_var.assign(value)
+                        _copy_checkpoint(ckpt_path, os.path.join(cfg.out_dir, BEST_DIR))
+                        last[f"best/{name}"] = value
+                    else:
+                        last[f"best/{name}"] = best
+        writer.write(step, last)
+        if report is not None:
+            report(dict(last, step=step), ckpt_path)
+        t0 = time.perf_counter()
+    writer.close()
+    return last
