@@ -151,7 +151,12 @@ def main(workload: str, argv: list[str] | None = None) -> int:
 
     @main_guard
     def _main() -> int:
+        from tfcluster import workloads
+
         cfg = resolve(workload, argv)
+        offline = getattr(workloads.get(workload), "offline", None)
+        if offline is not None and offline(cfg):  # inference / visualize modes: no training
+            return 0
         run(workload, cfg)
         return 0
 

@@ -1,0 +1,261 @@
+"""Parallel text and vocabularies in tensorflow/nmt's formats.
+
+* Corpora are `prefix.lang` files, one sentence per line, plain or gzip (`prefix.lang.gz`).
+* Vocabularies are `vocab_prefix.lang`: one token per line; tensorflow/nmt's
+  `check_vocab` puts `<unk> <s> </s>` first, prepending them when the file does not
+  start with them in that order (the fixed copy is written to out_dir).
+* Tokenizing runs in the TensorFlow graph, so training, evaluation and the exported
+  SavedModel split text identically: `space` (pre-tokenized text, as tensorflow/nmt)
+  or `simple` (lowercase, punctuation split off, for raw text such as Multi30k).
+* The training pipeline follows tensorflow/nmt's `iterator_utils.get_iterator`: zip,
+  shard per worker, shuffle, tokenize, drop empty pairs, truncate to max lengths, map to
+  ids, `<s>`-prefixed decoder input and `</s>`-suffixed decoder output, length buckets,
+  padded batches.
+"""
+
+from __future__ import annotations
+
+import collections
+import gzip
+import os
+from typing import Iterable, Iterator
+
+from tfcluster.errors import UserError
+
+UNK, SOS, EOS = "<unk>", "<s>", "</s>"
+UNK_ID, SOS_ID, EOS_ID = 0, 1, 2
+SPECIALS = (UNK, SOS, EOS)
+TOKENIZERS = ("space", "simple")
+
+
+# ---------------------------------------------------------------------------- files
+
+
+def resolve(prefix: str, lang: str, what: str = "corpus") -> str:
+    """`prefix.lang` or `prefix.lang.gz`, whichever exists; a one-line error otherwise."""
+    import tensorflow as tf
+
+    for path in (f"{prefix}.{lang}", f"{prefix}.{lang}.gz"):
+        if tf.io.gfile.exists(path):
+            return path
+    raise UserError(f"{what} file not found: {prefix}.{lang} (nor {prefix}.{lang}.gz)")
+
+
+def is_gzip(path: str) -> bool:
+    return path.endswith(".gz")
+
+
+def read_lines(path: str) -> Iterator[str]:
+    """Lines of a plain or gzip text file, without the trailing newline."""
+    import tensorflow as tf
+
+    with tf.io.gfile.GFile(path, "rb") as raw:
+        f = gzip.open(raw, "rt", encoding="utf-8") if is_gzip(path) else (line.decode("utf-8") for line in raw)
+        for line in f:
+            yield line.rstrip("\r\n")
+
+
+def count_lines(path: str) -> tuple[int, list[int]]:
+    """(number of lines, 1-based numbers of the empty ones)."""
+    n, empty = 0, []
+    for n, line in enumerate(read_lines(path), 1):
+        if not line.strip():
+            empty.append(n)
+    return n, empty
+
+
+def check_parallel(src_path: str, tgt_path: str) -> int:
+    """Line counts must match; empty lines are reported once and dropped by the pipeline."""
+    n_src, e_src = count_lines(src_path)
+    n_tgt, e_tgt = count_lines(tgt_path)
+    if n_src != n_tgt:
+        raise UserError(f"{src_path} has {n_src} lines but {tgt_path} has {n_tgt}; parallel files must align line by line")
+    if n_src == 0:
+        raise UserError(f"{src_path} is empty")
+    empty = sorted(set(e_src) | set(e_tgt))
+    if empty:
+        print(f"# warning: {len(empty)} empty line(s) in {src_path} / {tgt_path} (first at line {empty[0]}) are skipped", flush=True)
+    return n_src - len(empty)
+
+
+# ---------------------------------------------------------------------------- tokenizing (in graph)
+
+
+def tokenize(text, mode: str):
+    """Split a string tensor (any shape) into a RaggedTensor of tokens.
+
+    `space`: split on whitespace. `simple`: lowercase (UTF-8 aware), split punctuation
+    off words (Unicode letters and digits stay together), then split on whitespace.
+    """
+    import tensorflow as tf
+
+    if mode == "simple":
+        text = tf.strings.lower(text, encoding="utf-8")
+        text = tf.strings.regex_replace(text, r"([^\pL\pN\s])", r" \1 ")
+    elif mode != "space":
+        raise ValueError(f"unknown tokenizer {mode!r}; one of {TOKENIZERS}")
+    return tf.strings.split(tf.strings.strip(text))
+
+
+def tokenize_py(lines: Iterable[str], mode: str, batch: int = 4096) -> Iterator[list[str]]:
+    """The graph tokenizer applied to Python strings (for vocab building and references)."""
+    import tensorflow as tf
+
+    buf: list[str] = []
+
+    def flush():
+        toks = tokenize(tf.constant(buf), mode).to_list()
+        return [[t.decode("utf-8") for t in row] for row in toks]
+
+    for line in lines:
+        buf.append(line)
+        if len(buf) == batch:
+            yield from flush()
+            buf = []
+    if buf:
+        yield from flush()
+
+
+# ---------------------------------------------------------------------------- vocabularies
+
+
+def load_vocab(path: str) -> list[str]:
+    import tensorflow as tf
+
+    if not tf.io.gfile.exists(path):
+        raise UserError(f"vocab file not found: {path}")
+    with tf.io.gfile.GFile(path) as f:
+        tokens = [line.rstrip("\r\n") for line in f]
+    tokens = [t for t in tokens if t]
+    if not tokens:
+        raise UserError(f"vocab file {path} is empty")
+    return tokens
+
+
+def check_vocab(tokens: list[str]) -> tuple[list[str], bool]:
+    """tensorflow/nmt's check_vocab: ensure `<unk> <s> </s>` lead; returns (vocab, changed)."""
+    if tuple(tokens[:3]) == SPECIALS:
+        rest = tokens[3:]
+        changed = False
+    else:
+        rest = [t for t in tokens if t not in SPECIALS]
+        changed = True
+    seen, out = set(), list(SPECIALS)
+    for t in rest:
+        if t in seen:
+            raise UserError(f"vocab has the token {t!r} twice")
+        seen.add(t)
+        out.append(t)
+    return out, changed
+
+
+def build_vocab(token_lists: Iterable[list[str]], max_size: int, min_count: int = 1) -> list[str]:
+    """Most frequent tokens (ties by token), specials first, at most `max_size` entries."""
+    counts = collections.Counter(t for toks in token_lists for t in toks)
+    for s in SPECIALS:
+        counts.pop(s, None)
+    ranked = sorted((t for t, c in counts.items() if c >= min_count), key=lambda t: (-counts[t], t))
+    return list(SPECIALS) + ranked[: max(0, max_size - len(SPECIALS))]
+
+
+def save_vocab(tokens: list[str], path: str) -> str:
+    import tensorflow as tf
+
+    tf.io.gfile.makedirs(os.path.dirname(path) or ".")
+    with tf.io.gfile.GFile(path, "w") as f:
+        f.write("\n".join(tokens) + "\n")
+    return path
+
+
+def lookup_table(vocab_path: str):
+    """token -> id (unknown tokens -> <unk> = 0), from a vocab file (an asset in SavedModels)."""
+    import tensorflow as tf
+
+    init = tf.lookup.TextFileInitializer(
+        vocab_path, tf.string, tf.lookup.TextFileIndex.WHOLE_LINE, tf.int64, tf.lookup.TextFileIndex.LINE_NUMBER
+    )
+    return tf.lookup.StaticHashTable(init, default_value=UNK_ID)
+
+
+# ---------------------------------------------------------------------------- pipelines
+
+
+def text_dataset(path: str):
+    import tensorflow as tf
+
+    return tf.data.TextLineDataset(path, compression_type="GZIP" if is_gzip(path) else "")
+
+
+def train_dataset(
+    src_path: str,
+    tgt_path: str,
+    src_table,
+    tgt_table,
+    *,
+    batch_size: int,
+    tokenizer: str,
+    src_max_len: int,
+    tgt_max_len: int,
+    num_buckets: int = 5,
+    num_shards: int = 1,
+    shard_index: int = 0,
+    seed: int = 0,
+    shuffle_buffer: int = 0,
+):
+    """Repeated, shuffled, bucketed batches of (src, src_len, tgt_in, tgt_out, tgt_len), as tensorflow/nmt."""
+    import tensorflow as tf
+
+    ds = tf.data.Dataset.zip((text_dataset(src_path), text_dataset(tgt_path)))
+    if num_shards > 1:
+        ds = ds.shard(num_shards, shard_index)
+    ds = ds.cache().shuffle(shuffle_buffer or batch_size * 1000, seed=seed, reshuffle_each_iteration=True).repeat()
+
+    def to_ids(src, tgt):
+        s = tokenize(src, tokenizer)[:src_max_len] if src_max_len else tokenize(src, tokenizer)
+        t = tokenize(tgt, tokenizer)[:tgt_max_len] if tgt_max_len else tokenize(tgt, tokenizer)
+        s = tf.cast(src_table.lookup(s), tf.int32)
+        t = tf.cast(tgt_table.lookup(t), tf.int32)
+        return s, t
+
+    ds = ds.map(to_ids, num_parallel_calls=tf.data.AUTOTUNE)
+    ds = ds.filter(lambda s, t: tf.logical_and(tf.size(s) > 0, tf.size(t) > 0))
+
+    def fields(s, t):
+        t_in = tf.concat([[SOS_ID], t], 0)
+        t_out = tf.concat([t, [EOS_ID]], 0)
+        return s, tf.size(s), t_in, t_out, tf.size(t_in)
+
+    ds = ds.map(fields, num_parallel_calls=tf.data.AUTOTUNE)
+    padded = dict(
+        padded_shapes=([None], [], [None], [None], []),
+        padding_values=(EOS_ID, 0, EOS_ID, EOS_ID, 0),
+        drop_remainder=True,
+    )
+    if num_buckets > 1 and src_max_len:
+        width = (max(src_max_len, tgt_max_len or src_max_len) + num_buckets - 1) // num_buckets
+
+        def key(s, sl, ti, to, tl):
+            return tf.cast(tf.minimum(num_buckets, tf.maximum(sl // width, tl // width)), tf.int64)
+
+        ds = ds.group_by_window(key, lambda _, w: w.padded_batch(batch_size, **padded), window_size=batch_size)
+    else:
+        ds = ds.padded_batch(batch_size, **padded)
+    return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def eval_dataset(src_path: str, tgt_path: str, src_table, tgt_table, *, batch_size: int, tokenizer: str):
+    """Dev/test batches in file order, every non-empty pair, no truncation."""
+    import tensorflow as tf
+
+    ds = tf.data.Dataset.zip((text_dataset(src_path), text_dataset(tgt_path)))
+
+    def to_ids(src, tgt):
+        s = tf.cast(src_table.lookup(tokenize(src, tokenizer)), tf.int32)
+        t = tf.cast(tgt_table.lookup(tokenize(tgt, tokenizer)), tf.int32)
+        return s, t
+
+    ds = ds.map(to_ids).filter(lambda s, t: tf.logical_and(tf.size(s) > 0, tf.size(t) > 0))
+    ds = ds.map(lambda s, t: (s, tf.size(s), tf.concat([[SOS_ID], t], 0), tf.concat([t, [EOS_ID]], 0), tf.size(t) + 1))
+    return ds.padded_batch(
+        batch_size, padded_shapes=([None], [], [None], [None], []), padding_values=(EOS_ID, 0, EOS_ID, EOS_ID, 0)
+    ).prefetch(2)
