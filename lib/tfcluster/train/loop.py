@@ -179,6 +179,12 @@ def run_loop(
         _maybe_fail(step, cfg.out_dir)
         is_stats = step % cfg.steps_per_stats == 0 or step == task.num_steps
         is_eval = step % cfg.eval_every == 0 or step == task.num_steps
+        if step == start + 1 and not is_stats:
+            # The first step traces and compiles the graph: leave it out of the timed window
+            # (and of that window's sums) so perf/ metrics measure steady-state steps.
+            for v in out.values():
+                v.numpy()
+            sums, n_steps, t0 = {}, 0, time.perf_counter()
         if not (is_stats or is_eval):
             continue
         if is_stats:
