@@ -1,0 +1,412 @@
+"""RLlib-shaped pieces shared by DQN and policy gradient: config builder, Algorithm, run driver.
+
+    from tfcluster.rl import DQNConfig
+    algo = (DQNConfig().environment("CartPole-v1").training(double_q=True)
+            .env_runners(num_env_runners=2).build())
+    result = algo.train()              # {"env_runners/episode_return_mean": ..., ...}
+    algo.save("/tmp/ckpt"); algo.restore("/tmp/ckpt")
+    tune.Tuner(DQN, param_space=DQNConfig().training(...).to_dict())   # a Ray Tune trainable
+
+`Algorithm` is a `ray.tune.Trainable` (as RLlib's is): `step()` runs one iteration and
+returns results under RLlib's names; `save_checkpoint` / `load_checkpoint` keep the
+weights, optimizer state and counters (not the replay memory, as RLlib by default).
+`run(...)` is what `jobs/train_<workload>.py` calls: it trains until solved or out of
+budget, writes metrics.jsonl, keeps the last and the best checkpoint and exports.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import json
+import math
+import os
+import time
+from typing import Any
+
+import numpy as np
+from ray.tune import Trainable
+
+from tfcluster import config as config_mod
+from tfcluster.config import RunConfig
+from tfcluster.errors import UserError
+
+CKPT_DIR = "ckpt"
+BEST_DIR = "best"
+RESULT_PREFIXES = ("env_runners/", "learners/", "evaluation/", "perf/")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class RLConfig(RunConfig):
+    """Settings DQN and policy gradient share (RLlib's names where RLlib has one)."""
+
+    env: str = "CartPole-v1"
+    """Environment: CartPole-v0, CartPole-v1, an Atari game (Breakout, Pong, ...) or a gymnasium id."""
+    num_env_runners: int = 0
+    """Ray actors stepping environments with the current weights (RLlib); 0: sample in the learner process."""
+    num_cpus_per_env_runner: float = 1.0
+    """CPUs reserved per env-runner actor (RLlib)."""
+    solve_score: float = 0.0
+    """Stop once env_runners/episode_return_mean reaches this (CartPole-v0: 195, v1: 475); 0: never."""
+    metrics_num_episodes_for_smoothing: int = 100
+    """Episodes averaged into env_runners/episode_return_mean (RLlib: 100; CartPole's "solved" window)."""
+    is_train: bool = True
+    """Train (true) or evaluate the best checkpoint in out_dir (false) (deep-rl-tensorflow)."""
+    display: bool = False
+    """Write one greedy episode as out_dir/episode-<step>.gif (there is no screen)."""
+    test_episodes: int = 10
+    """Episodes per evaluation (the --is_train false run and the final evaluation)."""
+
+    def check_rl(self) -> None:
+        from tfcluster.rl import envs
+
+        self.check_run()
+        envs.kind(self.env)  # unknown environment -> one line
+        if self.num_env_runners < 0:
+            raise ValueError(f"--num_env_runners must be 0 or more, got {self.num_env_runners}")
+        if self.metrics_num_episodes_for_smoothing < 1:
+            raise ValueError("--metrics_num_episodes_for_smoothing must be at least 1")
+        if self.test_episodes < 0:
+            raise ValueError("--test_episodes must be 0 or more")
+
+
+class AlgorithmConfig:
+    """RLlib-style builder over a workload's frozen Config: chained setters, `.build()`."""
+
+    config_cls: type = RLConfig
+    algo_cls: type | None = None
+
+    def __init__(self, **values: Any):
+        self._values: dict[str, Any] = dict(values)
+
+    def _set(self, **kw: Any) -> "AlgorithmConfig":
+        names = {f.name for f in dataclasses.fields(self.config_cls)}
+        for k, v in kw.items():
+            if v is None:
+                continue
+            if k not in names:
+                raise UserError(f"{type(self).__name__}: unknown setting {k!r}")
+            self._values[k] = v
+        return self
+
+    def environment(self, env: str | None = None, *, env_config: dict | None = None) -> "AlgorithmConfig":
+        """The env name (with or without the `tfcluster/` prefix) and wrapper settings."""
+        return self._set(env=env.removeprefix("tfcluster/") if env else None, **(env_config or {}))
+
+    def training(self, **kw: Any) -> "AlgorithmConfig":
+        return self._set(**kw)
+
+    def env_runners(self, *, num_env_runners: int | None = None, num_cpus_per_env_runner: float | None = None,
+                    rollout_fragment_length: int | None = None) -> "AlgorithmConfig":
+        return self._set(num_env_runners=num_env_runners, num_cpus_per_env_runner=num_cpus_per_env_runner,
+                         rollout_fragment_length=rollout_fragment_length)
+
+    def learners(self, *, num_gpus_per_learner: int | None = None) -> "AlgorithmConfig":
+        return self._set(use_gpu=None if num_gpus_per_learner is None else num_gpus_per_learner > 0)
+
+    def debugging(self, *, seed: int | None = None) -> "AlgorithmConfig":
+        return self._set(seed=seed)
+
+    def reporting(self, *, metrics_num_episodes_for_smoothing: int | None = None) -> "AlgorithmConfig":
+        return self._set(metrics_num_episodes_for_smoothing=metrics_num_episodes_for_smoothing)
+
+    def update_from_dict(self, values: dict[str, Any]) -> "AlgorithmConfig":
+        return self._set(**values)
+
+    def to_config(self):
+        """The resolved, checked Config (preset for the env < values set here)."""
+        from tfcluster.rl import presets_for
+
+        env = self._values.get("env", getattr(self.config_cls, "env", None))
+        base = presets_for(self.config_cls, env)
+        return config_mod.build(self.config_cls, {**base, **self._values}, type(self).__name__)
+
+    def to_dict(self) -> dict[str, Any]:
+        return config_mod.to_dict(self.to_config())
+
+    def build(self) -> "Algorithm":
+        return self.algo_cls(config=self.to_dict())  # type: ignore[misc]
+
+    build_algo = build
+
+
+class Algorithm(Trainable):
+    """A Ray Tune trainable: `setup(config)` builds learner and runners, `step()` is one iteration."""
+
+    config_cls: type = RLConfig
+
+    # subclasses set: self.cfg, self.runners, self.episode_returns (deque), counters
+    def setup(self, config: dict) -> None:
+        cfg = config_mod.build(self.config_cls, config, type(self).__name__)
+        self.cfg = cfg
+        if cfg.num_env_runners > 0:
+            from tfcluster.train.driver import init_ray
+
+            init_ray(cfg.address)
+        import keras
+
+        keras.utils.set_random_seed(cfg.seed)
+        self.episode_returns: collections.deque = collections.deque(maxlen=cfg.metrics_num_episodes_for_smoothing)
+        self.episode_lens: collections.deque = collections.deque(maxlen=cfg.metrics_num_episodes_for_smoothing)
+        self.env_steps = 0
+        self.num_episodes = 0
+        self.solved_at: dict[str, float] | None = None
+        self.wall_start = time.time()
+        self.build_learner()
+
+    def build_learner(self) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    # ---------------------------------------------------------------- episode bookkeeping
+    def record_episodes(self, returns: list[float], lens: list[int]) -> bool:
+        """Add finished episodes; True when the smoothed return first reaches solve_score."""
+        for r, n in zip(returns, lens):
+            self.episode_returns.append(float(r))
+            self.episode_lens.append(int(n))
+            self.num_episodes += 1
+            if self.solved_at is None and self.is_solved():
+                self.solved_at = {"episodes": self.num_episodes, "env_steps": self.env_steps,
+                                  "seconds": time.time() - self.wall_start}
+        return self.solved_at is not None
+
+    def return_mean(self) -> float:
+        return float(np.mean(self.episode_returns)) if self.episode_returns else float("nan")
+
+    def is_solved(self) -> bool:
+        s = self.cfg.solve_score
+        window = self.cfg.metrics_num_episodes_for_smoothing
+        return bool(s) and len(self.episode_returns) >= min(window, 100) and self.return_mean() >= s
+
+    def env_runner_results(self) -> dict[str, float]:
+        r = np.asarray(self.episode_returns or [math.nan])
+        n = np.asarray(self.episode_lens or [math.nan])
+        out = {
+            "env_runners/episode_return_mean": float(r.mean()),
+            "env_runners/episode_return_max": float(r.max()),
+            "env_runners/episode_return_min": float(r.min()),
+            "env_runners/episode_len_mean": float(n.mean()),
+            "env_runners/num_episodes_lifetime": self.num_episodes,
+            "env_runners/num_env_steps_sampled_lifetime": self.env_steps,
+            "perf/time_total_s": time.time() - self.wall_start,
+        }
+        if self.solved_at:
+            out.update({"env_runners/solved_at_episodes": self.solved_at["episodes"],
+                        "env_runners/solved_at_env_steps": self.solved_at["env_steps"],
+                        "env_runners/solved_at_seconds": self.solved_at["seconds"]})
+        return out
+
+    # ---------------------------------------------------------------- checkpoints
+    def state_arrays(self) -> dict[str, list[np.ndarray]]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def set_state_arrays(self, arrays: dict[str, list[np.ndarray]]) -> None:  # pragma: no cover
+        raise NotImplementedError
+
+    def save_checkpoint(self, checkpoint_dir: str) -> None:
+        arrays = self.state_arrays()
+        flat = {f"{k}/{i}": a for k, lst in arrays.items() for i, a in enumerate(lst)}
+        np.savez(os.path.join(checkpoint_dir, "weights.npz"), **flat)
+        np.savez(os.path.join(checkpoint_dir, "policy.npz"), *arrays["policy"])
+        state = {"env_steps": self.env_steps, "num_episodes": self.num_episodes,
+                 "episode_returns": list(self.episode_returns), "episode_lens": list(self.episode_lens),
+                 "solved_at": self.solved_at, "config": config_mod.to_dict(self.cfg), **self.extra_state()}
+        with open(os.path.join(checkpoint_dir, "state.json"), "w") as f:
+            json.dump(state, f)
+
+    def load_checkpoint(self, checkpoint_dir: str) -> None:
+        with np.load(os.path.join(checkpoint_dir, "weights.npz")) as z:
+            arrays: dict[str, list] = collections.defaultdict(list)
+            for key in sorted(z.files, key=lambda s: (s.rsplit("/", 1)[0], int(s.rsplit("/", 1)[1]))):
+                arrays[key.rsplit("/", 1)[0]].append(z[key])
+        self.set_state_arrays(dict(arrays))
+        with open(os.path.join(checkpoint_dir, "state.json")) as f:
+            state = json.load(f)
+        self.env_steps, self.num_episodes = state["env_steps"], state["num_episodes"]
+        self.episode_returns.extend(state["episode_returns"])
+        self.episode_lens.extend(state["episode_lens"])
+        self.solved_at = state["solved_at"]
+        self.load_extra_state(state)
+
+    def extra_state(self) -> dict:
+        return {}
+
+    def load_extra_state(self, state: dict) -> None:
+        pass
+
+    def policy_weights(self) -> list[np.ndarray]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    eval_explore: float = 0.0  # epsilon (DQN) or sampling (PG, 1.0) during evaluation
+
+    def evaluate_policy(self, episodes: int, display: bool = False) -> dict[str, float]:
+        """`evaluation/...` returns over `episodes` fresh episodes; with `display`, the first as a GIF."""
+        if episodes <= 0 and not display:
+            return {}
+        out = self.runners.local.evaluate(self.policy_weights(), max(episodes, 1), self.eval_explore, record=display)
+        r = np.asarray(out["episode_returns"])
+        res = {"evaluation/env_runners/episode_return_mean": float(r.mean()),
+               "evaluation/env_runners/episode_return_min": float(r.min()),
+               "evaluation/env_runners/num_episodes": len(r)}
+        if display:
+            os.makedirs(self.cfg.out_dir, exist_ok=True)
+            path = write_gif(out["frames"], os.path.join(self.cfg.out_dir, f"episode-{self.env_steps}.gif"))
+            print(f"# wrote {path}", flush=True)
+        return res
+
+    def cleanup(self) -> None:
+        if getattr(self, "runners", None) is not None:
+            self.runners.stop()
+
+    @classmethod
+    def default_resource_request(cls, config: dict):
+        """What Ray Tune reserves per trial: the learner (1 CPU, a GPU with use_gpu) plus the runners."""
+        from ray.tune import PlacementGroupFactory
+
+        learner = {"CPU": 1.0, **({"GPU": 1.0} if config.get("use_gpu") else {})}
+        runner = {"CPU": float(config.get("num_cpus_per_env_runner", 1.0))}
+        return PlacementGroupFactory([learner] + [runner] * int(config.get("num_env_runners", 0)))
+
+
+# -------------------------------------------------------------------- helpers for the jobs
+
+
+def write_gif(frames: list[np.ndarray], path: str, fps: int = 30) -> str:
+    """An episode as an animated GIF (Pillow), for runs without a screen."""
+    from PIL import Image
+
+    if not frames:
+        raise ValueError("no frames to write")
+    images = [Image.fromarray(np.asarray(f, np.uint8)) for f in frames]
+    images[0].save(path, save_all=True, append_images=images[1:], duration=max(1, int(1000 / fps)), loop=0)
+    return path
+
+
+def policy_weights_from(out_dir: str, which: str = "best") -> list[np.ndarray]:
+    """The policy weights of the best (or last) checkpoint of a run; a one-line error when missing."""
+    order = [BEST_DIR, CKPT_DIR] if which == "best" else [CKPT_DIR]
+    for d in order:
+        path = os.path.join(out_dir, d, "policy.npz")
+        if os.path.exists(path):
+            with np.load(path) as z:
+                return [z[f"arr_{i}"] for i in range(len(z.files))]
+    raise UserError(f"no checkpoint in {out_dir} ({'/'.join(order)}); train first (--is_train true)")
+
+
+def check_ray_resources(cfg: Any) -> None:
+    import ray
+
+    cpus = ray.cluster_resources().get("CPU", 0)
+    need = cfg.num_env_runners * cfg.num_cpus_per_env_runner
+    if need > cpus:
+        raise UserError(
+            f"--num_env_runners {cfg.num_env_runners} x --num_cpus_per_env_runner {cfg.num_cpus_per_env_runner:g} "
+            f"needs {need:g} CPUs, the Ray cluster has {cpus:g}; lower either"
+        )
+    if cfg.use_gpu and ray.cluster_resources().get("GPU", 0) < 1:
+        raise UserError("--use_gpu needs a GPU in the Ray cluster; drop --use_gpu or add a GPU node")
+
+
+class _Handle:
+    """Calls an Algorithm in this process or in a GPU Ray actor alike."""
+
+    def __init__(self, algo_cls: type, cfg: Any):
+        self.remote = bool(cfg.use_gpu)
+        if self.remote:
+            import ray
+
+            self.algo = ray.remote(num_gpus=1, num_cpus=cfg.cpus_per_worker)(algo_cls).remote(config=config_mod.to_dict(cfg))
+        else:
+            self.algo = algo_cls(config=config_mod.to_dict(cfg))
+
+    def __getattr__(self, name: str):
+        fn = getattr(self.algo, name)
+        if not self.remote:
+            return fn
+        import ray
+
+        return lambda *a, **k: ray.get(fn.remote(*a, **k))
+
+
+def run(algo_cls: type, cfg: Any, workload: str, export_checkpoint: Any) -> dict[str, Any]:
+    """Train `cfg` until solved or out of budget (resuming from out_dir/ckpt), export at the end."""
+    from tfcluster.metrics import MetricsWriter
+
+    resumed = os.path.exists(os.path.join(cfg.out_dir, CKPT_DIR, "state.json"))
+    config_mod.save(cfg)
+    print(f"# {workload}: {'resuming in' if resumed else 'new run in'} {cfg.out_dir}", flush=True)
+    print("# hyperparameters\n" + config_mod.table(cfg), flush=True)
+    if cfg.num_env_runners > 0 or cfg.use_gpu:
+        from tfcluster.train.driver import init_ray
+
+        init_ray(cfg.address)
+        check_ray_resources(cfg)
+    algo = _Handle(algo_cls, cfg)
+    if resumed:
+        algo.restore(os.path.abspath(os.path.join(cfg.out_dir, CKPT_DIR)))
+    writer = MetricsWriter(cfg.out_dir)
+    best = -math.inf
+    result: dict[str, Any] = {}
+    try:
+        while True:
+            result = algo.train()
+            rec = {k: v for k, v in result.items() if k.startswith(RESULT_PREFIXES) and isinstance(v, (int, float))}
+            rec["training_iteration"] = result["training_iteration"]
+            writer.write(int(result["env_runners/num_env_steps_sampled_lifetime"]), rec)
+            algo.save(os.path.abspath(os.path.join(cfg.out_dir, CKPT_DIR)))
+            mean = result["env_runners/episode_return_mean"]
+            if not math.isnan(mean) and mean >= best:
+                best = mean
+                algo.save(os.path.abspath(os.path.join(cfg.out_dir, BEST_DIR)))
+            if result.get("done"):
+                break
+        final = algo.evaluate_policy(cfg.test_episodes, cfg.display)
+        if final:
+            writer.write(int(result["env_runners/num_env_steps_sampled_lifetime"]), final)
+        if cfg.model_base_path:
+            result["export_path"] = export_checkpoint(cfg, which="best")
+            print(f"# exported {result['export_path']}", flush=True)
+    finally:
+        writer.close()
+        algo.stop()
+    return result
+
+
+def parse_config(config_cls: type, argv: list[str] | None, workload: str, description: str | None = None):
+    """Flags -> Config, with the preset chosen by --env (Atari or CartPole values) unless
+    --hparams_path names one. Precedence: defaults < preset < out_dir/config.json < flags."""
+    import argparse
+
+    from tfcluster.rl import preset_path
+
+    parser = argparse.ArgumentParser(prog=f"train_{workload}.py", description=description)
+    config_mod.add_config_flags(parser, config_cls)
+    ns = parser.parse_args(argv)
+    if ns.hparams_path is None:
+        env = getattr(ns, "env", None)
+        saved = os.path.join(getattr(ns, "out_dir", ""), config_mod.CONFIG_FILE) if hasattr(ns, "out_dir") else ""
+        if env is None and saved and os.path.exists(saved):
+            env = config_mod.load_json(saved).get("env")
+        env = env or next(f.default for f in dataclasses.fields(config_cls) if f.name == "env")
+        path = preset_path(workload, env)
+        if os.path.exists(path):
+            ns.hparams_path = path
+    cfg, _ = config_mod.config_from_args(config_cls, ns)
+    return cfg
+
+
+def evaluate_run(algo_cls: type, cfg: Any) -> dict[str, float]:
+    """`--is_train false`: play `--test_episodes` with the best checkpoint of out_dir (and a GIF with --display)."""
+    from tfcluster.metrics import MetricsWriter
+
+    weights = policy_weights_from(cfg.out_dir, "best")
+    values = {**config_mod.to_dict(cfg), "num_env_runners": 0, "use_gpu": False}
+    algo = algo_cls(config=values)
+    try:
+        algo.set_policy_weights(weights)
+        res = algo.evaluate_policy(max(cfg.test_episodes, 1), cfg.display)
+        w = MetricsWriter(cfg.out_dir)
+        w.write(algo.env_steps, res)
+        w.close()
+    finally:
+        algo.stop()
+    return res
