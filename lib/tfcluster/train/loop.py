@@ -61,11 +61,35 @@ class Task(Protocol):
     def evaluate(self, step: int) -> dict[str, float]: ...
 
 
+def single_host_loopback() -> None:
+    """When every worker in TF_CONFIG is on this one host, talk over 127.0.0.1 instead of its LAN address."""
+    import json
+    import socket
+
+    raw = os.environ.get("TF_CONFIG")
+    if not raw:
+        return
+    tf_config = json.loads(raw)
+    workers = tf_config.get("cluster", {}).get("worker", [])
+    hosts = {w.rsplit(":", 1)[0] for w in workers}
+    if len(hosts) != 1:
+        return
+    host = hosts.pop().strip("[]")
+    try:  # a host address this machine can bind to is one of its own
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+            sock.bind((host, 0))
+    except OSError:
+        return
+    tf_config["cluster"]["worker"] = ["127.0.0.1:" + w.rsplit(":", 1)[1] for w in workers]
+    os.environ["TF_CONFIG"] = json.dumps(tf_config)
+
+
 def make_strategy(world_size: int):
     """MultiWorkerMirroredStrategy across Ray Train workers (TF_CONFIG set by Ray), else the default."""
     import tensorflow as tf
 
     if world_size > 1:
+        single_host_loopback()
         return tf.distribute.MultiWorkerMirroredStrategy()
     return tf.distribute.get_strategy()
 
@@ -127,13 +151,15 @@ def run_loop(
     and eval point (Ray Train's or Ray Tune's report); the checkpoint dir is given at eval
     points, after the chief saved.
     """
+    import keras
     import tensorflow as tf
 
+    tf.get_logger().setLevel("ERROR")
     if ctx.world_size > 1 and cfg.cpus_per_worker >= 1:
         n = int(cfg.cpus_per_worker)
         tf.config.threading.set_intra_op_parallelism_threads(n)
         tf.config.threading.set_inter_op_parallelism_threads(max(1, n))
-    tf.keras.utils.set_random_seed(cfg.seed + ctx.rank)
+    keras.utils.set_random_seed(cfg.seed + ctx.rank)
     strategy = make_strategy(ctx.world_size)
     writer = MetricsWriter(cfg.out_dir, enabled=ctx.is_chief)
 

@@ -1,0 +1,144 @@
+"""NMT: schedule math, learning a known corpus, decoding, export equal to in-process output."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tfcluster import config as config_mod
+from tfcluster import contract, export
+from tfcluster.data import toy
+from tfcluster.metrics import read_metrics
+from tfcluster.train.loop import WorkerContext, run_loop
+from tfcluster.workloads import nmt
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def test_learning_rate_schedule_matches_tensorflow_nmt():
+    lr = lambda step, **kw: float(nmt.learning_rate_at(step, 1.0, 1200, **kw))  # noqa: E731
+    assert lr(0) == lr(1199) == 1.0
+    # luong234: start at 2/3 (800), halve 4 times, every (1200 - 800) / 4 = 100 steps.
+    assert [lr(s, decay_scheme="luong234") for s in (799, 800, 900, 1000, 1100, 1199)] == [1.0, 1.0, 0.5, 0.25, 0.125, 0.125]
+    # luong5: start at 1/2 (600), every 120 steps.
+    assert lr(720, decay_scheme="luong5") == 0.5
+    # t2t warm-up: 1% of the rate at step 0, full rate at warmup_steps.
+    assert lr(0, warmup_steps=100) == pytest.approx(0.01)
+    assert lr(100, warmup_steps=100) == 1.0
+
+
+def test_length_penalty_is_gnmt():
+    assert float(nmt.length_penalty(tf.constant(7), 0.0)) == 1.0
+    assert float(nmt.length_penalty(tf.constant(7), 1.0)) == pytest.approx(2.0)
+
+
+def test_config_checks_are_user_errors():
+    with pytest.raises(ValueError, match="even --num_layers"):
+        nmt.Config(encoder_type="bi", num_layers=3)
+    with pytest.raises(ValueError, match="unsupported rouge"):
+        nmt.Config(metrics="bleu,rouge")
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A small attention model trained to BLEU ~100 on the toy corpus (word-by-word dictionary)."""
+    d = tmp_path_factory.mktemp("nmt")
+    p = toy.write_corpus(str(d / "data"), sizes={"train": 2000, "dev": 40, "test": 40})
+    cfg = nmt.Config(
+        src="src", tgt="tgt", train_prefix=p["train"], dev_prefix=p["dev"], test_prefix=p["test"],
+        vocab_prefix=p["vocab"], out_dir=str(d / "run"), num_train_steps=600, steps_per_stats=100,
+        steps_per_external_eval=300, num_units=32, attention="scaled_luong", input_feeding=False,
+        optimizer="adam", learning_rate=0.01, batch_size=32, dropout=0.0,
+    )
+    cfg = nmt.prepare(cfg)
+    config_mod.save(cfg)
+    run_loop(lambda s: nmt.Task(cfg, s, WorkerContext()), cfg)
+    return cfg, p
+
+
+def test_loss_falls_and_bleu_reaches_the_known_corpus(trained):
+    cfg, _ = trained
+    records = read_metrics(cfg.out_dir)
+    losses = [r["train/loss"] for r in records if "train/loss" in r]
+    assert losses[-1] < 0.3 * losses[0]
+    final = records[-1]
+    assert final["step"] == 600
+    assert final["eval/bleu"] > 90 and final["eval/test_bleu"] > 90
+    assert final["eval/ppl"] < 1.5
+    for key in ("train/ppl", "perf/tgt_tokens_per_s"):
+        assert key in final
+    assert os.path.isdir(os.path.join(cfg.out_dir, "tb"))
+
+
+def test_export_serves_text_equal_to_in_process(trained, tmp_path):
+    cfg, _ = trained
+    path = nmt.export_checkpoint(cfg, which="best", model_base_path=str(tmp_path / "models"))
+    assert path.endswith(os.path.join("nmt", "1"))
+    export.check_signature(path, contract.NMT)
+    assert os.path.exists(os.path.join(path, contract.WARMUP_FILE))
+    sentences = ["a man rides a bike", "the small dog sees a red ball", "cat"]
+    served = tf.saved_model.load(path).signatures["serving_default"](source=tf.constant(sentences))
+    model, _ = nmt.restore(cfg, "best")
+    module = nmt.serving_module(model, cfg)  # tf.function methods hold their module weakly
+    local = module.serve(tf.constant(sentences))
+    assert served["translation"].numpy().tolist() == local["translation"].numpy().tolist()
+    np.testing.assert_allclose(served["score"].numpy(), local["score"].numpy(), rtol=1e-5)
+    got = [s.decode() for s in served["translation"].numpy()]
+    # Words outside the training vocabulary map to <unk>; known words translate exactly.
+    assert got[0].split()[:2] == ["A_", "MAN_"] and got[2] == "CAT_"
+
+
+def test_beam_search_agrees_with_greedy_on_a_confident_model(trained):
+    cfg, p = trained
+    model, _ = nmt.restore(cfg, "last")
+    beam_cfg = config_mod.build(nmt.Config, {**config_mod.to_dict(cfg), "beam_width": 4, "length_penalty_weight": 1.0})
+    lines = [l.strip() for l in open(p["dev"] + ".src")][:8]
+    greedy_module, beam_module = nmt.serving_module(model, cfg), nmt.serving_module(model, beam_cfg)
+    greedy = greedy_module.serve(tf.constant(lines))
+    beam = beam_module.serve(tf.constant(lines))
+    refs = [toy.reference(l) for l in lines]
+    assert [s.decode() for s in beam["translation"].numpy()] == refs
+    assert [s.decode() for s in greedy["translation"].numpy()] == refs
+    # Beam search never finds a worse sequence than greedy's.
+    assert np.all(beam["score"].numpy() >= greedy["score"].numpy() - 1e-4)
+
+
+def test_inference_input_file(trained, tmp_path):
+    cfg, p = trained
+    inp = tmp_path / "in.txt"
+    inp.write_text("a dog walks\nthe cat\n")
+    out = tmp_path / "out.txt"
+    icfg = config_mod.build(nmt.Config, {**config_mod.to_dict(cfg), "inference_input_file": str(inp), "inference_output_file": str(out)})
+    assert nmt.offline(icfg)
+    assert out.read_text().splitlines()[0] == "A_ DOG_ WALKS_"
+
+
+@pytest.mark.parametrize("attention,feeding,encoder", [("bahdanau", True, "bi"), ("normed_bahdanau", False, "uni"), ("luong", True, "uni"), ("", False, "bi")])
+def test_every_architecture_trains_and_decodes(tmp_path, attention, feeding, encoder):
+    p = toy.write_corpus(str(tmp_path / "data"), sizes={"train": 200, "dev": 8})
+    cfg = nmt.prepare(nmt.Config(
+        src="src", tgt="tgt", train_prefix=p["train"], dev_prefix=p["dev"], vocab_prefix=p["vocab"],
+        out_dir=str(tmp_path / "run"), num_train_steps=4, steps_per_stats=2, num_units=8, attention=attention,
+        input_feeding=feeding, encoder_type=encoder, batch_size=8, beam_width=2,
+    ))
+    last = run_loop(lambda s: nmt.Task(cfg, s, WorkerContext()), cfg)
+    assert np.isfinite(last["train/loss"]) and "eval/bleu" in last
+
+
+def _job(*args, cwd=ROOT):
+    return subprocess.run([sys.executable, "jobs/train_nmt.py", *args], cwd=cwd, capture_output=True, text=True, timeout=300)
+
+
+def test_cli_errors_are_one_line(tmp_path):
+    r = _job("--src", "en", "--tgt", "de", "--train_prefix", str(tmp_path / "nope"), "--out_dir", str(tmp_path / "o"))
+    assert r.returncode == 2 and r.stderr.strip().splitlines() == [f"error: corpus file not found: {tmp_path}/nope.en (nor {tmp_path}/nope.en.gz)"]
+    r = _job("--attention", "dot", "--out_dir", str(tmp_path / "o"))
+    assert r.returncode == 2 and "invalid choice: 'dot'" in r.stderr and "Traceback" not in r.stderr
+    (tmp_path / "c.en").write_text("a\nb\n")
+    (tmp_path / "c.de").write_text("a\n")
+    r = _job("--src", "en", "--tgt", "de", "--train_prefix", str(tmp_path / "c"), "--out_dir", str(tmp_path / "o"))
+    assert r.returncode == 2 and "has 2 lines but" in r.stderr and "Traceback" not in r.stderr
