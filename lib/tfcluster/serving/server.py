@@ -274,6 +274,14 @@ def main(argv: list[str] | None = None) -> int:
 
         print(f"tfcluster model server {__version__} (TensorFlow Serving API)")
         return 0
+    from tfcluster.errors import require_file
+
+    # checks that need no TensorFlow import come first: a wrong flag fails in a blink
+    if not args.model_config_file and not args.model_base_path:
+        raise UserError("give --model_base_path (with --model_name) or --model_config_file")
+    for flag in ("model_config_file", "batching_parameters_file", "monitoring_config_file", "ssl_config_file"):
+        if getattr(args, flag):
+            require_file(getattr(args, flag), f"--{flag}")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     _logging()
     stop = threading.Event()
