@@ -1,0 +1,134 @@
+"""Pure pieces of serving: version policies, batching, REST JSON, metrics, image grids, flags."""
+
+from __future__ import annotations
+
+import threading
+
+import grpc
+import numpy as np
+import pytest
+from google.protobuf import text_format
+
+from tfcluster import contract
+from tfcluster.errors import UserError
+from tfcluster.images import image_grid
+from tfcluster.serving import protos
+from tfcluster.serving.batching import BatchOptions, Batcher
+from tfcluster.serving.metrics import Metrics
+from tfcluster.serving.models import aspired_versions
+from tfcluster.serving.rest import format_predict, parse_predict_body
+from tfcluster.serving.server import parser
+from tfcluster.serving.tensors import Failure
+
+
+def _policy(text: str):
+    from tensorflow_serving.config import file_system_storage_path_source_pb2 as fs
+
+    return text_format.Parse(text, fs.FileSystemStoragePathSourceConfig.ServableVersionPolicy())
+
+
+@pytest.mark.parametrize(
+    "policy,want",
+    [(None, [5]), ("latest { num_versions: 2 }", [3, 5]), ("all {}", [1, 2, 3, 5]), ("specific { versions: 2 versions: 4 }", [2])],
+)
+def test_version_policies(policy, want):
+    assert aspired_versions([1, 2, 3, 5], _policy(policy) if policy else None) == want
+
+
+def test_flags_keep_tf_serving_names_and_defaults():
+    a = parser().parse_args([])
+    assert (a.port, a.rest_api_port, a.model_name, a.file_system_poll_wait_seconds, a.model_config_file_poll_wait_seconds) == (8500, 0, "default", 1, 0)
+    assert (a.enable_batching, a.enable_model_warmup, a.saved_model_tags, a.rest_api_timeout_in_ms) == (False, True, "serve", 30000)
+    a = parser().parse_args(["--enable_batching", "--enable_model_warmup=false", "--port=9000"])
+    assert (a.enable_batching, a.enable_model_warmup, a.port) == (True, False, 9000)
+
+
+def test_batching_parameters_text_proto_and_defaults():
+    p = text_format.Parse("max_batch_size { value: 16 } batch_timeout_micros { value: 500 } "
+                          "allowed_batch_sizes: 8 allowed_batch_sizes: 16", protos.BatchingParameters())
+    o = BatchOptions.from_proto(p)
+    assert (o.max_batch_size, o.batch_timeout_micros, o.max_enqueued_batches, o.allowed_batch_sizes) == (16, 500, 10, (8, 16))
+    with pytest.raises(UserError, match="must increase and end with max_batch_size 16"):
+        BatchOptions.from_proto(text_format.Parse("max_batch_size { value: 16 } allowed_batch_sizes: 8", protos.BatchingParameters()))
+    assert BatchOptions.from_proto(protos.BatchingParameters()).max_batch_size == 1000
+
+
+def test_batcher_merges_pads_and_splits():
+    seen = []
+
+    def run(inputs):
+        seen.append(inputs["x"].shape[0])
+        return {"y": inputs["x"] * 10}
+
+    b = Batcher(BatchOptions(max_batch_size=8, batch_timeout_micros=200_000, num_batch_threads=1, allowed_batch_sizes=(4, 8)))
+    futs = [b.submit("k", "m", run, {"x": np.full((n, 1), i, np.float32)}) for i, n in enumerate([1, 2])]
+    out = [f.result(10) for f in futs]
+    b.close()
+    np.testing.assert_array_equal(out[0]["y"], [[0.0]])
+    np.testing.assert_array_equal(out[1]["y"], [[10.0], [10.0]])
+    assert seen == [4]  # 3 rows merged, padded to the allowed size 4
+    with pytest.raises(Failure) as e:
+        Batcher(BatchOptions(max_batch_size=2, num_batch_threads=1)).submit("k", "model m", run, {"x": np.zeros((3, 1))})
+    assert e.value.code == grpc.StatusCode.INVALID_ARGUMENT and "batch of 3 rows is larger than max_batch_size 2" in e.value.message
+
+
+def test_batcher_queue_full_is_unavailable():
+    gate = threading.Event()
+    b = Batcher(BatchOptions(max_batch_size=1, max_enqueued_batches=1, num_batch_threads=1))
+    run = lambda x: (gate.wait(5), {"y": x["x"]})[1]  # noqa: E731
+    first = b.submit("k", "m", run, {"x": np.zeros((1, 1))})
+    deadline = threading.Event()
+    while b._queues["k"].rows:  # the thread took the first request
+        deadline.wait(0.01)
+    b.submit("k", "m", run, {"x": np.zeros((1, 1))})
+    with pytest.raises(Failure) as e:
+        b.submit("k", "m", run, {"x": np.zeros((1, 1))})
+    assert e.value.code == grpc.StatusCode.UNAVAILABLE and "queue to which this task was submitted is full" in e.value.message
+    gate.set()
+    first.result(5)
+    b.close()
+
+
+def test_rest_row_and_columnar_formats():
+    spec = {"observation": contract.Tensor("observation", "float32", (None, 4))}
+    inputs, rows = parse_predict_body({"instances": [[1, 2, 3, 4], [5, 6, 7, 8]]}, spec)
+    assert rows and inputs["observation"].dtype == np.float32 and inputs["observation"].shape == (2, 4)
+    inputs, rows = parse_predict_body({"inputs": {"observation": [[1, 2, 3, 4]]}}, spec)
+    assert not rows and inputs["observation"].shape == (1, 4)
+    s = {"source": contract.Tensor("source", "string", (None,))}
+    inputs, _ = parse_predict_body({"instances": [{"source": {"b64": "aGk="}}, {"source": "yo"}]}, s)
+    assert inputs["source"].tolist() == [b"hi", b"yo"]
+    with pytest.raises(Failure, match="exactly one of 'instances'"):
+        parse_predict_body({"instances": [], "inputs": []}, spec)
+    out = {"action": np.array([1, 0]), "translation_bytes": np.array([b"\xff", b"a"], dtype=object)}
+    assert format_predict(out, rows=True) == {"predictions": [{"action": 1, "translation_bytes": {"b64": "/w=="}},
+                                                              {"action": 0, "translation_bytes": {"b64": "YQ=="}}]}
+    assert format_predict({"a": np.array([1.5])}, rows=False) == {"outputs": [1.5]}
+
+
+def test_metrics_text():
+    m = Metrics()
+    m.request_count.inc("pg", "OK")
+    m.request_count.inc("pg", "OK")
+    m.request_latency.observe(250.0, "pg", "predict", "GRPC")
+    text = m.text()
+    assert ':tensorflow:serving:request_count{model_name="pg",status="OK"} 2' in text
+    assert ':tensorflow:serving:request_latency_bucket{model_name="pg",API="predict",entrypoint="GRPC",le="100"} 0' in text
+    assert ':tensorflow:serving:request_latency_bucket{model_name="pg",API="predict",entrypoint="GRPC",le="300"} 1' in text
+    assert ':tensorflow:serving:request_latency_count{model_name="pg",API="predict",entrypoint="GRPC"} 1' in text
+
+
+def test_image_grid():
+    imgs = np.stack([np.full((2, 3, 1), 10 * (i + 1), np.uint8) for i in range(5)])
+    g = image_grid(imgs, pad=1)
+    assert g.shape == (2 * 3 + 1, 3 * 4 + 1, 1)  # 3 columns (ceil sqrt 5), 2 rows
+    assert g[1, 1, 0] == 10 and g[1, 5, 0] == 20 and g[5, 1, 0] == 40 and g[5, 9, 0] == 0  # empty 6th cell
+    assert image_grid(imgs, cols=5, pad=0).shape == (2, 15, 1)
+    with pytest.raises(ValueError, match="uint8"):
+        image_grid(imgs.astype(np.float32))
+
+
+def test_health_messages_match_the_grpc_health_proto():
+    r = protos.HealthCheckResponse(status=protos.HealthCheckResponse.NOT_SERVING)
+    assert r.SerializeToString() == b"\x08\x02"  # field 1, varint 2: the grpc.health.v1 wire format
+    assert protos.HealthCheckRequest.FromString(b"\n\x02pg").service == "pg"
