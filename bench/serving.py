@@ -1,0 +1,158 @@
+#!/usr/bin/env python3
+"""Serving overhead: in-process signature call vs gRPC round trip through `tfcluster serve`.
+
+    python bench/serving.py [--seconds 5] [--nmt_model_dir models/nmt/3] [--out bench/results/serving.json]
+
+For the pg policy and for nmt (one sentence per request), in the same run:
+  * in-process: the SavedModel's `serving_default` called directly, p50 latency at batch 1
+    and throughput (rows/s) at batch 16;
+  * gRPC: the local server started as a subprocess with --enable_batching
+    (serving/batching.config), p50 round-trip latency at 1 client and throughput with 16
+    concurrent clients (threads, one row per request; official stubs, prebuilt requests).
+Goals (issue 3): p50 overhead <= 2 ms at 1 client; 16-client throughput >= 70% of the
+in-process throughput at batch 16. Prints one JSON object. Without --nmt_model_dir the
+nmt model is tfcluster.serving.tiny's string stand-in.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import sys
+import tempfile
+import threading
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "lib"))
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+
+
+def p50_ms(fn, seconds: float) -> tuple[float, int]:
+    times = []
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times) * 1e3, len(times)
+
+
+def throughput(fn, rows_per_call: int, seconds: float, clients: int = 1) -> float:
+    counts = [0] * clients
+    start = threading.Barrier(clients + 1)
+    stop = threading.Event()
+
+    def loop(i):
+        start.wait()
+        while not stop.is_set():
+            fn()
+            counts[i] += rows_per_call
+
+    threads = [threading.Thread(target=loop, args=(i,)) for i in range(clients)]
+    for t in threads:
+        t.start()
+    start.wait()
+    t0 = time.perf_counter()
+    time.sleep(seconds)
+    stop.set()
+    for t in threads:
+        t.join()
+    return sum(counts) / (time.perf_counter() - t0)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--seconds", type=float, default=5.0, help="measuring time per figure (default: 5)")
+    p.add_argument("--nmt_model_dir", default=None, help="an exported NMT version folder (<base>/nmt/<version>)")
+    p.add_argument("--batching_parameters_file", default=os.path.join(ROOT, "serving", "batching.config"))
+    p.add_argument("--out", default=None, help="also write the JSON here")
+    a = p.parse_args()
+
+    import tensorflow as tf
+    from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+    import grpc
+
+    from tfcluster import contract
+    from tfcluster.serving import LocalServer, tiny
+
+    tmp = tempfile.mkdtemp(prefix="bench-serving-")
+    try:
+        base = os.path.join(tmp, "models")
+        paths = {"pg": tiny.export(tiny.pg_policy(0), base, contract.PG)}
+        if a.nmt_model_dir:
+            os.makedirs(os.path.join(base, "nmt"))
+            paths["nmt"] = os.path.join(base, "nmt", "1")
+            os.symlink(os.path.abspath(a.nmt_model_dir), paths["nmt"])
+        else:
+            paths["nmt"] = tiny.export(tiny.nmt_echo(), base, contract.NMT)
+        one = {
+            "pg": {"observation": np.array([[0.01, -0.02, 0.03, 0.04]], np.float32)},
+            "nmt": {"source": np.array([b"a man rides a bike ."], dtype=object)},
+        }
+        results = {}
+        for model, path in paths.items():  # in process first, on a quiet server-less machine
+            fn = tf.saved_model.load(path).signatures["serving_default"]
+            x1 = {k: tf.constant(v) for k, v in one[model].items()}
+            x16 = {k: tf.constant(np.repeat(v, 16, axis=0)) for k, v in one[model].items()}
+            fn(**x1), fn(**x16)
+            lat, n = p50_ms(lambda: fn(**x1), a.seconds)
+            results[model] = {
+                "in_process_p50_ms_batch1": round(lat, 3),
+                "in_process_rows_per_s_batch16": round(throughput(lambda: fn(**x16), 16, a.seconds), 1),
+            }
+        cfg = os.path.join(tmp, "models.config")
+        with open(cfg, "w") as f:
+            f.write("model_config_list {\n" + "".join(
+                f'  config {{ name: "{m}" base_path: "{base}/{m}" model_platform: "tensorflow" }}\n' for m in paths) + "}\n")
+        with LocalServer(model_config_file=cfg, enable_batching=True, batching_parameters_file=a.batching_parameters_file,
+                         rest_api_port=0, log_path=os.path.join(tmp, "server.log")) as srv:
+            srv.wait_until_available(*paths, timeout_s=300)
+            channel = grpc.insecure_channel(srv.target, options=[("grpc.max_receive_message_length", 64 << 20)])
+            stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+            for model in paths:
+                req = predict_pb2.PredictRequest()
+                req.model_spec.name = model
+                for k, v in one[model].items():
+                    req.inputs[k].CopyFrom(tf.make_tensor_proto(v))
+                call = lambda: stub.Predict(req, timeout=30)  # noqa: E731
+                for _ in range(20):
+                    call()
+                lat, n = p50_ms(call, a.seconds)
+                r = results[model]
+                r["grpc_p50_ms_1_client"] = round(lat, 3)
+                r["grpc_p50_overhead_ms"] = round(lat - r["in_process_p50_ms_batch1"], 3)
+                r["grpc_rows_per_s_16_clients"] = round(throughput(call, 1, a.seconds, clients=16), 1)
+                r["grpc_16_clients_vs_in_process_batch16"] = round(r["grpc_rows_per_s_16_clients"] / r["in_process_rows_per_s_batch16"], 3)
+                r["goal_p50_overhead_le_2ms"] = r["grpc_p50_overhead_ms"] <= 2.0
+                r["goal_16_clients_ge_70pct"] = r["grpc_16_clients_vs_in_process_batch16"] >= 0.7
+            channel.close()
+        report = {
+            "bench": "serving",
+            "models": {"pg": "tiny linear softmax policy (tfcluster.serving.tiny)",
+                       "nmt": a.nmt_model_dir or "tiny string stand-in (tfcluster.serving.tiny.nmt_echo)"},
+            "batching_parameters_file": os.path.relpath(a.batching_parameters_file, ROOT),
+            "seconds_per_figure": a.seconds,
+            "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "tensorflow": tf.__version__,
+                        "load_average_1m": round(os.getloadavg()[0], 2)},
+            "results": results,
+        }
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    text = json.dumps(report, indent=2)
+    print(text)
+    if a.out:
+        os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
+        with open(a.out, "w") as f:
+            f.write(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
