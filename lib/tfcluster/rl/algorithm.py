@@ -22,7 +22,7 @@ import json
 import math
 import os
 import time
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from ray.tune import Trainable
@@ -47,7 +47,10 @@ class RLConfig(RunConfig):
     num_cpus_per_env_runner: float = 1.0
     """CPUs reserved per env-runner actor (RLlib)."""
     solve_score: float = 0.0
-    """Stop once env_runners/episode_return_mean reaches this (CartPole-v0: 195, v1: 475); 0: never."""
+    """Stop once env_runners/episode_return_mean reaches this; 0: the env's own threshold (CartPole-v0 195, v1 475; Atari none); negative: never."""
+    solve_metric: Literal["env_runners", "evaluation"] = "env_runners"
+    """Which mean return must reach solve_score: the last 100 training episodes (env_runners, RLlib's stop
+    criterion) or the --test_episodes evaluation episodes run every --t_test steps (evaluation)."""
     metrics_num_episodes_for_smoothing: int = 100
     """Episodes averaged into env_runners/episode_return_mean (RLlib: 100; CartPole's "solved" window)."""
     is_train: bool = True
@@ -152,6 +155,7 @@ class Algorithm(Trainable):
         self.num_episodes = 0
         self.solved_at: dict[str, float] | None = None
         self.wall_start = time.time()
+        self.threshold = self.solve_threshold()
         self.build_learner()
 
     def build_learner(self) -> None:  # pragma: no cover - abstract
@@ -172,8 +176,33 @@ class Algorithm(Trainable):
     def return_mean(self) -> float:
         return float(np.mean(self.episode_returns)) if self.episode_returns else float("nan")
 
+    def solve_threshold(self) -> float | None:
+        """`--solve_score`, or for 0 the env's registered reward threshold (gymnasium spec)."""
+        if self.cfg.solve_score > 0:
+            return self.cfg.solve_score
+        if self.cfg.solve_score < 0:
+            return None
+        import gymnasium as gym
+
+        from tfcluster.rl import envs
+
+        name = self.cfg.env.removeprefix(envs.PREFIX)
+        spec = gym.registry.get(name) if envs.kind(name) != "atari" else None
+        return getattr(spec, "reward_threshold", None)
+
+    def record_evaluation(self, result: dict[str, float]) -> bool:
+        """With solve_metric evaluation: True when the evaluation mean first reaches the threshold."""
+        mean = result.get("evaluation/env_runners/episode_return_mean")
+        if (self.cfg.solve_metric == "evaluation" and self.threshold and self.solved_at is None
+                and mean is not None and mean >= self.threshold):
+            self.solved_at = {"episodes": self.num_episodes, "env_steps": self.env_steps,
+                              "seconds": time.time() - self.wall_start}
+        return self.solved_at is not None
+
     def is_solved(self) -> bool:
-        s = self.cfg.solve_score
+        if self.cfg.solve_metric != "env_runners":
+            return False
+        s = self.threshold
         window = self.cfg.metrics_num_episodes_for_smoothing
         return bool(s) and len(self.episode_returns) >= min(window, 100) and self.return_mean() >= s
 
@@ -353,15 +382,15 @@ def run(algo_cls: type, cfg: Any, workload: str, export_checkpoint: Any) -> dict
             rec["training_iteration"] = result["training_iteration"]
             writer.write(int(result["env_runners/num_env_steps_sampled_lifetime"]), rec)
             algo.save(os.path.abspath(os.path.join(cfg.out_dir, CKPT_DIR)))
-            mean = result["env_runners/episode_return_mean"]
+            mean = result.get(("evaluation/" if cfg.solve_metric == "evaluation" else "") + "env_runners/episode_return_mean", math.nan)
             if not math.isnan(mean) and mean >= best:
                 best = mean
                 algo.save(os.path.abspath(os.path.join(cfg.out_dir, BEST_DIR)))
             if result.get("done"):
                 break
         final = algo.evaluate_policy(cfg.test_episodes, cfg.display)
-        if final:
-            writer.write(int(result["env_runners/num_env_steps_sampled_lifetime"]), final)
+        if final:  # the last record holds the training and the evaluation returns
+            writer.write(int(result["env_runners/num_env_steps_sampled_lifetime"]), {**rec, **final})
         if cfg.model_base_path:
             result["export_path"] = export_checkpoint(cfg, which="best")
             print(f"# exported {result['export_path']}", flush=True)

@@ -192,7 +192,8 @@ def make_env(name: str, **config: Any) -> gym.Env:
     env = gym.make(name)
     if not isinstance(env.action_space, gym.spaces.Discrete):
         raise UserError(f"{name} has {env.action_space}; DQN and policy gradient need discrete actions")
-    env.history_length = 1  # type: ignore[attr-defined]
+    if not hasattr(env.unwrapped, "history_length"):
+        env.unwrapped.history_length = 1  # type: ignore[attr-defined]
     return env
 
 
