@@ -62,9 +62,19 @@ def load_values(files: list[str], sets: list[str]) -> dict[str, Any]:
 
 
 def _merge(into: dict[str, Any], new: dict[str, Any]) -> None:
+    """Deep-merge `new` into `into`; `--set models[0].x=1` changes element 0 of an existing list, as helm does."""
     for k, v in new.items():
         if isinstance(v, dict) and isinstance(into.get(k), dict):
             _merge(into[k], v)
+        elif isinstance(v, list) and isinstance(into.get(k), list) and any(isinstance(x, dict) or x is None for x in v):
+            old = into[k]
+            for i, item in enumerate(v):
+                if i >= len(old):
+                    old.append(item)
+                elif isinstance(item, dict) and isinstance(old[i], dict):
+                    _merge(old[i], item)
+                elif item is not None:
+                    old[i] = item
         else:
             into[k] = v
 
@@ -309,16 +319,24 @@ def _rollout_done(dep) -> tuple[bool, str]:
     return True, f"{available}/{spec_replicas} replicas available"
 
 
-def _model_status(api, core, service: str, namespace: str, port: str, model: str) -> tuple[bool, str]:
-    """GET /v1/models/<model> on the server, through the API server's service proxy."""
-    from kubernetes.client.exceptions import ApiException
+def _model_status(api, service: str, namespace: str, port: str, model: str) -> tuple[bool, str]:
+    """GET /v1/models/<model> on the server, through the API server's service proxy.
 
+    The path is sent as written: the generated client would escape its slashes (v1%2Fmodels%2F...).
+    """
+    path = f"/api/v1/namespaces/{namespace}/services/{service}:{port}/proxy/v1/models/{model}"
+    params = api.param_serialize(method="GET", resource_path=path, header_params={"Accept": "application/json"},
+                                 auth_settings=["BearerToken"])
+
+    def call(*a, _request_timeout=None):
+        resp = api.call_api(*a, _request_timeout=_request_timeout)
+        return resp.status, resp.read()
+
+    code, raw = _call(api, call, *params)
+    if code != 200:
+        return False, f"not found on the server ({code})"
     try:
-        raw = _call(api, core.connect_get_namespaced_service_proxy_with_path, f"{service}:{port}", namespace, f"v1/models/{model}")
-    except ApiException as e:
-        return False, f"not found on the server ({e.status})"
-    try:
-        status = json.loads(raw if isinstance(raw, str) else str(raw))
+        status = json.loads(raw)
     except ValueError:
         return False, "no model status yet"
     versions = status.get("model_version_status", [])
@@ -339,7 +357,7 @@ def cmd_status(a, values) -> int:
     cm = find(objects, "ConfigMap", ("tfcluster.io/config", "models"))
     models = model_names(cm["data"][MODELS_CONFIG_KEY])
     api = api_client(a.kubeconfig, a.context)
-    apps, core = client.AppsV1Api(api), client.CoreV1Api(api)
+    apps = client.AppsV1Api(api)
     deadline = time.monotonic() + a.timeout
     last = ""
 
@@ -367,7 +385,7 @@ def cmd_status(a, values) -> int:
     while pending:
         still = []
         for m in pending:
-            ok, msg = _model_status(api, core, service, a.namespace, "rest", m)
+            ok, msg = _model_status(api, service, a.namespace, "rest", m)
             if ok:
                 print(f"model {m}: {msg}")
             else:

@@ -38,11 +38,16 @@ def job_client(address: str):
     """A JobSubmissionClient for `address` with Ray token auth on; one-line errors."""
     if not address.startswith(("http://", "https://")):
         raise UserError(f"--address must be the dashboard URL, e.g. http://127.0.0.1:8265 (got {address!r})")
+    # Ray reads RAY_AUTH_MODE once, when it is first imported.
     os.environ.setdefault("RAY_AUTH_MODE", "token")
+    from ray.exceptions import AuthenticationError
     from ray.job_submission import JobSubmissionClient
 
     try:
         return JobSubmissionClient(address)
+    except AuthenticationError as e:
+        raise UserError(f"the Ray cluster at {address} refused the token ({str(e).splitlines()[0]}); set RAY_AUTH_TOKEN "
+                        "or ~/.ray/auth_token to the cluster's token") from None
     except ConnectionError as e:
         raise UserError(f"cannot reach the Ray dashboard at {address}: {str(e).splitlines()[0]}; "
                         "start one with `tfcluster cluster up` or check the address") from None
@@ -55,19 +60,25 @@ def job_client(address: str):
 
 
 def submit_to_dashboard(address: str, entrypoint: list[str], *, working_dir: str | None, env_vars: dict[str, str],
-                        submission_id: str | None, follow: bool, out=sys.stdout) -> int:
+                        submission_id: str | None, follow: bool, out=None) -> int:
     import asyncio
 
+    client = job_client(address)  # first: it turns token auth on before Ray is imported
+    from ray.exceptions import AuthenticationError
     from ray.job_submission import JobStatus
 
-    client = job_client(address)
+    out = out or sys.stdout
     runtime_env: dict[str, Any] = {"env_vars": {"KERAS_BACKEND": "tensorflow", **env_vars}}
     if working_dir:
         if not os.path.isdir(working_dir):
             raise UserError(f"--working_dir {working_dir} is not a folder")
         runtime_env["working_dir"] = working_dir
         runtime_env["excludes"] = [".venv", ".git", "runs", "models", "demo", "**/__pycache__"]
-    job_id = client.submit_job(entrypoint=shlex.join(entrypoint), runtime_env=runtime_env, submission_id=submission_id)
+    try:
+        job_id = client.submit_job(entrypoint=shlex.join(entrypoint), runtime_env=runtime_env, submission_id=submission_id)
+    except AuthenticationError as e:
+        raise UserError(f"the Ray cluster at {address} refused the token ({str(e).splitlines()[0]}); set RAY_AUTH_TOKEN "
+                        "or ~/.ray/auth_token to the cluster's token") from None
     print(f"submitted job {job_id} to {address}", file=out, flush=True)
     if not follow:
         print(f"follow it with: ray job logs --address {address} --follow {job_id}", file=out)
@@ -174,18 +185,19 @@ def create_rayjob(api, job: dict[str, Any], namespace: str) -> dict[str, Any]:
         raise
 
 
-def follow_rayjob(api, name: str, namespace: str, *, timeout: float, interval: float, out=sys.stdout) -> int:
+def follow_rayjob(api, name: str, namespace: str, *, timeout: float, interval: float, out=None) -> int:
     from kubernetes import client
 
     from tfcluster import deploy
 
+    out = out or sys.stdout
     custom = client.CustomObjectsApi(api)
     deadline = time.monotonic() + timeout
     last = None
     while True:
         obj = deploy._call(api, custom.get_namespaced_custom_object, GROUP, VERSION, namespace, PLURAL, name)
         st = obj.get("status") or {}
-        now = (st.get("jobDeploymentStatus", "New"), st.get("jobStatus", "PENDING"))
+        now = (st.get("jobDeploymentStatus") or "New", st.get("jobStatus") or "PENDING")
         if now != last:
             print(f"rayjob {name}: deployment {now[0]}, job {now[1]}", file=out, flush=True)
             last = now

@@ -159,6 +159,8 @@ def _handler(state: FakeKube):
                         return self._status(404, "NotFound", "the server could not find the requested resource")
                     obj = copy.deepcopy(body)
                     obj["metadata"].setdefault("generation", 1)
+                    if obj["kind"] == "Deployment":
+                        obj["spec"].setdefault("replicas", 1)  # the API server's default
                     state.bump(obj)
                     if q.get("dryRun") != "All":
                         state.objects[path] = obj

@@ -1,0 +1,208 @@
+"""Dockerfiles and the compose file, parsed (no Docker engine here): pinned bases, non-root, exec form."""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+from importlib import metadata
+
+import pytest
+import yaml
+
+from kube_support import DOCKER, ROOT
+
+
+def instructions(text: str) -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) pairs, with comments dropped and line continuations joined."""
+    out, buf = [], ""
+    for line in text.splitlines():
+        if not buf and (not line.strip() or line.lstrip().startswith("#")):
+            continue
+        if buf and line.lstrip().startswith("#"):
+            continue
+        if line.rstrip().endswith("\\"):
+            buf += line.rstrip()[:-1] + " "
+            continue
+        buf += line
+        word, _, rest = buf.strip().partition(" ")
+        out.append((word.upper(), rest.strip()))
+        buf = ""
+    return out
+
+
+def stages(text: str):
+    """Resolve global ARG defaults into FROM lines: [(image, stage_name, [instructions...])]."""
+    ins = instructions(text)
+    args: dict[str, str] = {}
+    result = []
+    for word, rest in ins:
+        if word == "ARG" and not result:
+            k, _, v = rest.partition("=")
+            args[k] = v.strip('"')
+        elif word == "FROM":
+            parts = rest.split()
+            parts = [p for p in parts if not p.startswith("--platform")]
+            image = re.sub(r"\$\{(\w+)\}", lambda m: args.get(m.group(1), m.group(0)), parts[0])
+            name = parts[2] if len(parts) > 2 and parts[1].upper() == "AS" else None
+            result.append((image, name, []))
+        elif result:
+            result[-1][2].append((word, rest))
+    return args, result
+
+
+def stage_args(args, body):
+    local = dict(args)
+    for word, rest in body:
+        if word == "ARG":
+            k, _, v = rest.partition("=")
+            if v:
+                local[k] = v.strip('"')
+    return local
+
+
+def check_dockerfile(text: str, final_target: str | None = None) -> list[str]:
+    """Problems with a Dockerfile; [] when it follows the conventions."""
+    problems = []
+    args, sts = stages(text)
+    names = {n for _, n, _ in sts if n}
+    for image, _, _ in sts:
+        if image in names or image == "scratch":
+            continue
+        if "${" in image:
+            # only a stage selector such as base-${VARIANT} may stay unresolved
+            if not any(re.fullmatch(image.replace("${VARIANT}", r"[\w-]+").replace("$", r"\$"), n or "") for n in names):
+                problems.append(f"unresolved base {image}")
+            continue
+        ref = image.split("@")[0]
+        tag = ref.rsplit(":", 1)[1] if ":" in ref.rsplit("/", 1)[-1] else None
+        if "@sha256:" not in image and (tag is None or tag == "latest" or not re.search(r"\d", tag)):
+            problems.append(f"base image {image} is not pinned to a version")
+    final = next((s for s in sts if s[1] == final_target), sts[-1]) if final_target else sts[-1]
+    body = final[2]
+    local = stage_args(args, body)
+    users = [rest for w, rest in body if w == "USER"]
+    if not users:
+        problems.append("the final stage sets no USER")
+    else:
+        user = re.sub(r"\$\{(\w+)\}", lambda m: local.get(m.group(1), m.group(0)), users[-1]).split(":")[0]
+        if user in ("root", "0") or "${" in user:
+            problems.append(f"the final stage runs as {user}")
+    entry = [rest for w, rest in body if w == "ENTRYPOINT"]
+    if not entry:
+        problems.append("no ENTRYPOINT")
+    else:
+        try:
+            if not isinstance(json.loads(entry[-1]), list):
+                raise ValueError
+        except ValueError:
+            problems.append("ENTRYPOINT is not in exec form")
+    for w, rest in instructions(text):
+        if w == "RUN" and "apt-get install" in rest:
+            if "--no-install-recommends" not in rest:
+                problems.append("apt-get install without --no-install-recommends")
+            if "rm -rf /var/lib/apt/lists" not in rest:
+                problems.append("apt-get install without cleaning /var/lib/apt/lists")
+    if len(sts) < 2:
+        problems.append("not multi-stage")
+    return problems
+
+
+@pytest.mark.parametrize("name", ["train.Dockerfile", "serving.Dockerfile"])
+def test_dockerfiles_follow_the_conventions(name):
+    assert check_dockerfile((DOCKER / name).read_text()) == []
+
+
+@pytest.mark.parametrize("bad, problem", [
+    ("FROM python:3.11\nFROM python:latest\nUSER 1000\nENTRYPOINT [\"x\"]\n", "not pinned"),
+    ("FROM ubuntu\nFROM ubuntu:22.04\nUSER 1000\nENTRYPOINT [\"x\"]\n", "not pinned"),
+    ("FROM a:1 AS b\nFROM ubuntu:22.04\nENTRYPOINT [\"x\"]\n", "no USER"),
+    ("FROM a:1 AS b\nFROM ubuntu:22.04\nUSER root\nENTRYPOINT [\"x\"]\n", "runs as root"),
+    ("FROM a:1 AS b\nFROM ubuntu:22.04\nUSER 1000\nENTRYPOINT x --flag\n", "exec form"),
+    ("FROM a:1 AS b\nFROM ubuntu:22.04\nRUN apt-get update && apt-get install -y curl\nUSER 1000\nENTRYPOINT [\"x\"]\n", "no-install-recommends"),
+])
+def test_the_checker_catches_violations(bad, problem):
+    assert any(problem in p for p in check_dockerfile(bad))
+
+
+def test_versions_are_build_args():
+    train = instructions((DOCKER / "train.Dockerfile").read_text())
+    train_args = {r.split("=")[0] for w, r in train if w == "ARG"}
+    assert {"VARIANT", "CUDA_VERSION", "PYTHON_VERSION", "UV_VERSION", "UBUNTU_VERSION"} <= train_args
+    serving = instructions((DOCKER / "serving.Dockerfile").read_text())
+    serving_args = {r.split("=")[0] for w, r in serving if w == "ARG"}
+    assert {"TF_SERVING_VERSION", "TF_SERVING_VARIANT"} <= serving_args
+
+
+def test_gpu_base_matches_the_cuda_tensorflow_was_built_with():
+    args, sts = stages((DOCKER / "train.Dockerfile").read_text())
+    gpu_base = next(img for img, name, _ in sts if name == "base-gpu")
+    cuda = re.search(r"nvidia/cuda:(\d+)\.(\d+)\.\d+-cudnn-runtime", gpu_base)
+    assert cuda, gpu_base
+    # tensorflow[and-cuda] pins the CUDA runtime and cuDNN it was built with, e.g. nvidia-cuda-runtime-cu12>=12.5.82.
+    reqs = metadata.requires("tensorflow") or []
+    runtime = next(r for r in reqs if r.startswith("nvidia-cuda-runtime-cu"))
+    major, minor = re.search(r">=(\d+)\.(\d+)", runtime).groups()
+    assert (cuda.group(1), cuda.group(2)) == (major, minor)
+    cudnn = next(r for r in reqs if r.startswith("nvidia-cudnn-cu"))
+    assert re.search(r">=9\.", cudnn), "the base image's cuDNN (9) must match"
+
+
+def test_python_and_packages_match_the_project():
+    args, _ = stages((DOCKER / "train.Dockerfile").read_text())
+    assert args["PYTHON_VERSION"].startswith("3.11.")  # pyproject: requires-python >=3.11,<3.12
+    text = (DOCKER / "train.Dockerfile").read_text()
+    assert "-r requirements.lock" in text  # tensorflow==2.21.0, ray==2.60.0 as locked
+    lock = (ROOT / "requirements.lock").read_text()
+    assert "tensorflow==2.21.0" in lock and "ray==2.60.0" in lock
+    serving_args, _ = stages((DOCKER / "serving.Dockerfile").read_text())
+    assert serving_args["TF_SERVING_VERSION"] == "2.21.0"
+
+
+def test_serving_image_bakes_configs_and_matches_the_chart_paths():
+    text = (DOCKER / "serving.Dockerfile").read_text()
+    ins = instructions(text)
+    copies = [r for w, r in ins if w == "COPY"]
+    assert any("serving/models.config" in c and "/etc/tfserving/models/" in c for c in copies)
+    assert any("serving/batching.config" in c and "/etc/tfserving/config/" in c for c in copies)
+    entry = json.loads([r for w, r in ins if w == "ENTRYPOINT"][-1])
+    assert entry[0] == "/usr/bin/tensorflow_model_server"
+    assert "--model_config_file=/etc/tfserving/models/models.config" in entry
+    assert "--monitoring_config_file=/etc/tfserving/config/monitoring.config" in entry
+
+
+def test_compose_runs_ray_and_serving_over_one_models_volume():
+    compose = yaml.safe_load((DOCKER / "compose.yaml").read_text())
+    services = compose["services"]
+    assert set(services) == {"ray-head", "ray-worker", "tf-serving"}
+    ports = {p.split(":")[-1] for s in services.values() for p in s.get("ports", [])}
+    assert {"8265", "8500", "8501"} <= {p.split()[0] for p in ports}
+    for s in services.values():
+        for p in s.get("ports", []):
+            assert p.startswith("127.0.0.1:"), f"{p} is published on every interface"
+    model_mounts = {name: [v for v in s["volumes"] if v.split(":")[0] == "models"] for name, s in services.items()}
+    assert all(model_mounts.values()), model_mounts
+    assert model_mounts["tf-serving"] == ["models:/models:ro"]
+    assert model_mounts["ray-head"] == ["models:/mnt/models"]
+    head = services["ray-head"]
+    assert "--head" in head["entrypoint"] and "--dashboard-port=8265" in head["entrypoint"]
+    assert head["environment"]["RAY_AUTH_MODE"] == "token"
+    worker = services["ray-worker"]
+    assert "--address=ray-head:6379" in worker["entrypoint"]
+    assert worker["depends_on"]["ray-head"]["condition"] == "service_healthy"
+    assert services["tf-serving"]["read_only"] is True
+    assert "models" in compose["volumes"]
+    assert services["ray-head"]["build"]["dockerfile"] == "docker/train.Dockerfile"
+    assert (DOCKER / services["ray-head"]["build"]["context"] / services["ray-head"]["build"]["dockerfile"]).exists()
+
+
+def test_train_image_runs_the_jobs_from_the_rayjob_working_dir():
+    text = (DOCKER / "train.Dockerfile").read_text()
+    ins = instructions(text)
+    assert ("WORKDIR", "/app") in ins
+    assert any(w == "COPY" and r.startswith("jobs/") for w, r in ins)
+    entry = json.loads([r for w, r in ins if w == "ENTRYPOINT"][-1])
+    assert entry[-1] == "tfcluster"
+    # KubeRay's probes call wget inside Ray containers.
+    assert any(w == "RUN" and "wget" in r for w, r in ins)
+    assert shlex.split([r for w, r in ins if w == "ENV" and "RAY_AUTH_MODE" in r][0])
