@@ -36,7 +36,7 @@ def run_cli(argv, capsys):
 # ---------------------------------------------------------------------------- RayJob
 
 
-def test_rayjob_is_created_from_the_template_with_overrides(fake_kube, capsys, crd_schema):
+def _submit_dcgan(fake_kube, capsys):
     state, kubeconfig = fake_kube
     code, out, err = run_cli(["submit", "--workload", "dcgan", "--kubeconfig", kubeconfig, "-n", "training",
                               "--num_workers", "4", "--image", "registry.example/tfcluster/train:0.1.0-gpu",
@@ -58,7 +58,16 @@ def test_rayjob_is_created_from_the_template_with_overrides(fake_kube, capsys, c
     assert images == {"registry.example/tfcluster/train:0.1.0-gpu"}
     assert job["spec"]["shutdownAfterJobFinishes"] is True
     assert f"rayjob {job['metadata']['name']} created in namespace training" in out
-    # what was sent is still a valid RayJob
+    return job
+
+
+def test_rayjob_is_created_from_the_template_with_overrides(fake_kube, capsys):
+    job = _submit_dcgan(fake_kube, capsys)
+    assert job["spec"]["rayClusterSpec"]["authOptions"]["secretName"] == "tfcluster-ray-auth"
+
+
+def test_the_submitted_rayjob_is_valid_against_the_crd(fake_kube, capsys, crd_schema):
+    job = _submit_dcgan(fake_kube, capsys)
     assert not list(jsonschema.Draft7Validator(crd_schema("RayJob")).iter_errors(job))
 
 
