@@ -77,3 +77,15 @@ def test_bad_settings_are_one_line_errors(tmp_path):
 def test_coerce_tune_values():
     assert C.coerce(Toy, "units", 64.0) == 64 and isinstance(C.coerce(Toy, "units", 64.0), int)
     assert C.coerce(Toy, "feed", "false") is False
+
+
+def test_shipped_presets_load_by_name_and_are_valid():
+    from tfcluster import workloads
+
+    names = C.presets()
+    assert {"nmt_iwslt15", "nmt_vi_en", "nmt_vi_en_attention", "nmt_en_zh"} <= set(names)
+    iwslt = C.load_json("nmt_iwslt15")
+    assert (iwslt["num_units"], iwslt["encoder_type"], iwslt["beam_width"], iwslt["decay_scheme"]) == (512, "bi", 10, "luong234")
+    for name in names:
+        wl = workloads.get(name.split("_")[0])
+        C.build(wl.Config, C.load_json(name), name)  # every key is a real setting

@@ -171,15 +171,27 @@ def add_config_flags(parser: argparse.ArgumentParser, cls: type) -> None:
     parser.add_argument(
         "--hparams_path",
         default=None,
-        help="JSON file of settings (a preset); flags on the command line override it",
+        help="JSON file of settings, or the name of a shipped preset (e.g. nmt_iwslt15); flags override it",
     )
+
+
+PRESETS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "presets")
+
+
+def presets() -> list[str]:
+    """Names of the presets shipped with tfcluster (`--hparams_path NAME` finds them)."""
+    return sorted(f[:-5] for f in os.listdir(PRESETS_DIR) if f.endswith(".json"))
 
 
 def load_json(path: str) -> dict[str, Any]:
     import tensorflow as tf  # gfile reads local paths and gs:// / s3:// alike
 
     if not tf.io.gfile.exists(path):
-        raise UserError(f"settings file not found: {path}")
+        shipped = os.path.join(PRESETS_DIR, f"{path}.json")
+        if os.sep not in path and os.path.exists(shipped):
+            path = shipped
+        else:
+            raise UserError(f"settings file not found: {path} (shipped presets: {', '.join(presets())})")
     try:
         with tf.io.gfile.GFile(path) as f:
             data = json.load(f)

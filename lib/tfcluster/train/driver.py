@@ -18,7 +18,7 @@ from typing import Any
 
 from tfcluster import config as config_mod
 from tfcluster.errors import UserError
-from tfcluster.train.loop import WorkerContext, latest_checkpoint, run_loop
+from tfcluster.train.loop import FAIL_AT_STEP_ENV, WorkerContext, latest_checkpoint, run_loop
 
 
 def _abs(path: str) -> str:
@@ -36,14 +36,12 @@ def init_ray(address: str = "") -> None:
     lib = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     pythonpath = os.pathsep.join(p for p in (lib, os.environ.get("PYTHONPATH", "")) if p)
     runtime_env = {"env_vars": {"PYTHONPATH": pythonpath, "KERAS_BACKEND": "tensorflow", "TF_CPP_MIN_LOG_LEVEL": "2"}}
-    for k in ("TFCLUSTER_FAIL_AT_STEP",):
-        if k in os.environ:
-            runtime_env["env_vars"][k] = os.environ[k]
     try:
         if address:
             ray.init(address=address, runtime_env=runtime_env, log_to_driver=True, logging_level="ERROR")
         else:
-            ray.init(runtime_env=runtime_env, include_dashboard=False, logging_level="ERROR")
+            # "local": a new Ray for this run, never a `ray start` cluster found on the machine.
+            ray.init(address="local", runtime_env=runtime_env, include_dashboard=False, logging_level="ERROR")
     except ConnectionError as e:
         raise UserError(f"cannot reach the Ray cluster at {address!r}: {e}") from None
 
@@ -90,6 +88,8 @@ def train_loop_per_worker(config: dict) -> None:
     import ray.train
     from tfcluster import workloads
 
+    if config.get("fail_at_step"):
+        os.environ[FAIL_AT_STEP_ENV] = str(config["fail_at_step"])
     wl = workloads.get(config["workload"])
     cfg = wl.Config(**config["config"])
     tctx = ray.train.get_context()
@@ -120,6 +120,9 @@ def run(workload: str, cfg: Any) -> dict[str, Any]:
     from tfcluster import workloads
 
     wl = workloads.get(workload)
+    # Workers do not share the driver's working directory: hand them absolute paths.
+    cfg = config_mod.build(type(cfg), {**config_mod.to_dict(cfg), "out_dir": _abs(cfg.out_dir),
+                                       "model_base_path": _abs(cfg.model_base_path) if cfg.model_base_path else ""})
     resumed = latest_checkpoint(cfg.out_dir) is not None
     if hasattr(wl, "prepare"):
         cfg = wl.prepare(cfg)  # e.g. build vocabularies into out_dir, once, before workers start
@@ -130,7 +133,11 @@ def run(workload: str, cfg: Any) -> dict[str, Any]:
     check_resources(cfg)
     trainer = TensorflowTrainer(
         train_loop_per_worker=train_loop_per_worker,
-        train_loop_config={"workload": workload, "config": config_mod.to_dict(cfg)},
+        train_loop_config={
+            "workload": workload,
+            "config": config_mod.to_dict(cfg),
+            "fail_at_step": os.environ.get(FAIL_AT_STEP_ENV),  # fault injection for the restart test
+        },
         scaling_config=scaling(cfg),
         run_config=run_config(cfg, workload),
     )

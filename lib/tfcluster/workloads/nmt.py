@@ -412,6 +412,16 @@ def _layers():
     return LSTM, Attention, Seq2Seq
 
 
+def weights(model) -> dict:
+    """The model's variables by path, for checkpoints.
+
+    Keras 3 layers held in Python lists are not children in TensorFlow's object graph, so
+    checkpointing the layer itself would silently skip the LSTMs; naming every variable
+    keeps checkpoints complete and readable (`encoder_0.kernel`, ...).
+    """
+    return {v.path.split("/", 1)[-1].replace("/", "."): v for v in model.weights}
+
+
 def vocab_sizes(cfg: Config) -> tuple[int, int]:
     return tuple(len(text.load_vocab(p)) for p in cfg.vocab_files)  # type: ignore[return-value]
 
@@ -578,7 +588,7 @@ class Task:
         self._dev_loss = None
 
     def trackables(self):
-        return {"model": self.model, "optimizer": self.optimizer}
+        return {"model": weights(self.model), "optimizer": self.optimizer}
 
     def dataset(self, input_context):
         cfg = self.cfg
@@ -724,7 +734,7 @@ def restore(cfg: Config, which: str = "best"):
     if path is None:
         raise UserError(f"no checkpoint in {cfg.out_dir}; train first")
     model, _ = build(cfg)
-    tf.train.Checkpoint(model=model).restore(path).expect_partial()
+    tf.train.Checkpoint(model=weights(model)).restore(path).expect_partial().assert_existing_objects_matched()
     return model, path
 
 
@@ -736,6 +746,7 @@ def serving_module(model, cfg: Config):
         def __init__(self):
             super().__init__(name="translator")
             self.model = model
+            self.variables_by_path = weights(model)  # tracked explicitly (see weights())
             self.src_table = text.lookup_table(cfg.vocab_files[0])
             self.tgt_vocab = tf.Variable(text.load_vocab(cfg.vocab_files[1]), trainable=False, name="tgt_vocab")
 

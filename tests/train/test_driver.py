@@ -1,0 +1,57 @@
+"""The Ray Train driver: 2 workers under MultiWorkerMirroredStrategy, resume, restart after a failure."""
+
+import os
+
+import pytest
+
+from tfcluster import config as config_mod
+from tfcluster.data import toy
+from tfcluster.errors import UserError
+from tfcluster.metrics import read_metrics
+from tfcluster.train import driver
+from tfcluster.train.loop import FAIL_AT_STEP_ENV
+from tfcluster.workloads import nmt
+
+
+def small_cfg(tmp_path, **kw):
+    p = toy.write_corpus(str(tmp_path / "data"), sizes={"train": 400, "dev": 10})
+    base = dict(
+        src="src", tgt="tgt", train_prefix=p["train"], dev_prefix=p["dev"], vocab_prefix=p["vocab"],
+        out_dir=str(tmp_path / "run"), num_units=16, attention="luong", batch_size=16,
+        steps_per_stats=5, steps_per_external_eval=10, max_failures=1,
+    )
+    return nmt.Config(**{**base, **kw})
+
+
+def steps(out_dir, key="train/loss"):
+    return [r["step"] for r in read_metrics(out_dir) if key in r]
+
+
+def test_two_workers_train_export_then_resume(ray_local, tmp_path):
+    cfg = small_cfg(tmp_path, num_workers=2, num_train_steps=10, model_base_path=str(tmp_path / "models"))
+    metrics = driver.run("nmt", cfg)
+    assert metrics["export_path"].endswith(os.path.join("models", "nmt", "1"))
+    assert steps(cfg.out_dir) == [5, 10]
+    saved = config_mod.load(nmt.Config, cfg.out_dir)
+    assert saved.num_workers == 2 and saved.attention == "luong"
+    # The same run with more steps continues from step 10, not from 0.
+    more = config_mod.build(nmt.Config, {**config_mod.to_dict(cfg), "num_train_steps": 20})
+    driver.run("nmt", more)
+    assert steps(cfg.out_dir) == [5, 10, 15, 20]
+    assert os.path.basename(driver.latest_checkpoint(cfg.out_dir)) == "ckpt-20"
+
+
+def test_failed_worker_restarts_from_last_checkpoint(ray_local, tmp_path, monkeypatch):
+    cfg = small_cfg(tmp_path, num_workers=1, num_train_steps=20)
+    monkeypatch.setenv(FAIL_AT_STEP_ENV, "15")
+    driver.run("nmt", cfg)
+    assert os.path.exists(os.path.join(cfg.out_dir, ".failed_at_15"))
+    # Steps 5 and 10 were logged before the crash at 15; the restarted worker resumed at the
+    # step-10 checkpoint and logged 15 and 20. Restarting from scratch would repeat 5 and 10.
+    assert steps(cfg.out_dir) == [5, 10, 15, 20]
+
+
+def test_more_workers_than_cpus_is_one_line(ray_local, tmp_path):
+    cfg = small_cfg(tmp_path, num_workers=3, num_train_steps=2)
+    with pytest.raises(UserError, match=r"--num_workers 3 x --cpus_per_worker 1 needs 3 CPUs, the Ray cluster has 2"):
+        driver.check_resources(cfg)
