@@ -35,7 +35,9 @@ def test_memory_beyond_available_and_bad_network_are_one_line():
 
 def test_return_rises_on_cartpole_and_export_matches(tmp_path):
     algo = (DQNConfig().environment("CartPole-v1")
-            .training(t_learn_start=500, t_ep_end=2000, steps_per_stats=3000, t_test=0, test_episodes=5)
+            .training(t_learn_start=500, t_ep_end=2000, steps_per_stats=3000, t_test=0, test_episodes=5,
+                      mlp_hidden_sizes="64,64", learning_rate=0.0005, ep_end=0.01, t_train_freq=1,
+                      rollout_fragment_length=1, t_target_q_update_freq=500, batch_size=64)
             .debugging(seed=0).build())
     try:
         before = algo.evaluate_policy(5)["evaluation/env_runners/episode_return_mean"]
