@@ -20,7 +20,7 @@ def ray_local():
     import ray
 
     if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR",
+        ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR",
                  runtime_env={"env_vars": {"PYTHONPATH": os.path.join(ROOT, "lib"), "KERAS_BACKEND": "tensorflow"}})
     yield ray
     ray.shutdown()
