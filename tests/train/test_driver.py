@@ -55,3 +55,11 @@ def test_more_workers_than_cpus_is_one_line(ray_local, tmp_path):
     cfg = small_cfg(tmp_path, num_workers=3, num_train_steps=2)
     with pytest.raises(UserError, match=r"--num_workers 3 x --cpus_per_worker 1 needs 3 CPUs, the Ray cluster has 2"):
         driver.check_resources(cfg)
+
+
+def test_path_settings_become_absolute_for_workers(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cfg = nmt.Config(train_prefix="data/train", out_dir="runs/x", model_base_path="gs://bucket/models", vocab_prefix="")
+    out = driver.absolute_paths(cfg)
+    assert out.train_prefix == str(tmp_path / "data" / "train") and out.out_dir == str(tmp_path / "runs" / "x")
+    assert out.model_base_path == "gs://bucket/models" and out.vocab_prefix == "" and out.src == cfg.src

@@ -25,6 +25,18 @@ def _abs(path: str) -> str:
     return path if "://" in path else os.path.abspath(path)
 
 
+PATH_SUFFIXES = ("_prefix", "_dir", "_file", "_path")
+
+
+def absolute_paths(cfg: Any) -> Any:
+    """Workers do not share the driver's working directory: make local path settings absolute."""
+    values = config_mod.to_dict(cfg)
+    for k, v in values.items():
+        if isinstance(v, str) and v and k.endswith(PATH_SUFFIXES) and "://" not in v:
+            values[k] = os.path.abspath(v)
+    return config_mod.build(type(cfg), values)
+
+
 def init_ray(address: str = "") -> None:
     """Join `address` (or RAY_ADDRESS, e.g. inside `ray job submit`), else start a local Ray."""
     import ray
@@ -120,9 +132,7 @@ def run(workload: str, cfg: Any) -> dict[str, Any]:
     from tfcluster import workloads
 
     wl = workloads.get(workload)
-    # Workers do not share the driver's working directory: hand them absolute paths.
-    cfg = config_mod.build(type(cfg), {**config_mod.to_dict(cfg), "out_dir": _abs(cfg.out_dir),
-                                       "model_base_path": _abs(cfg.model_base_path) if cfg.model_base_path else ""})
+    cfg = absolute_paths(cfg)
     resumed = latest_checkpoint(cfg.out_dir) is not None
     if hasattr(wl, "prepare"):
         cfg = wl.prepare(cfg)  # e.g. build vocabularies into out_dir, once, before workers start
