@@ -1,0 +1,1 @@
+"""Hyperparameter sweeps with Ray Tune (`tfcluster sweep`, `jobs/sweep_<workload>.py`)."""

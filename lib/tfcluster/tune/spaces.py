@@ -1,0 +1,103 @@
+"""Search spaces, one per workload, next to its `Config` fields, in a plain JSON form.
+
+A space maps a Config field to a spec:
+  {"loguniform": [lo, hi]}  {"uniform": [lo, hi]}  {"quniform": [lo, hi, q]}
+  {"randint": [lo, hi]}     {"choice": [a, b, ...]}  or a constant value.
+A JSON (or YAML) file passed with `--search_space` overrides entries; `null` drops one.
+Fields given explicitly on the command line are never searched.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+from tfcluster.errors import UserError
+
+
+def nmt_space(base: dict[str, Any]) -> dict[str, Any]:
+    """tensorflow/nmt's knobs: learning rate (log scale, range by optimizer), size, dropout, attention."""
+    adam = base.get("optimizer", "sgd") == "adam"
+    return {
+        "learning_rate": {"loguniform": [1e-4, 1e-2] if adam else [0.1, 2.0]},
+        "num_units": {"choice": [32, 64, 128, 256]},
+        "num_layers": {"choice": [1, 2]},
+        "dropout": {"uniform": [0.0, 0.3]},
+        "attention": {"choice": ["", "luong", "scaled_luong", "bahdanau", "normed_bahdanau"]},
+        "batch_size": {"choice": [32, 64, 128]},
+    }
+
+
+def dcgan_space(base: dict[str, Any]) -> dict[str, Any]:
+    """DCGAN's knobs: Adam learning rate and beta1, batch size, z_dim, filter widths."""
+    return {
+        "learning_rate": {"loguniform": [5e-5, 1e-3]},
+        "beta1": {"uniform": [0.3, 0.9]},
+        "batch_size": {"choice": [32, 64, 128]},
+        "z_dim": {"choice": [50, 100, 128]},
+        "gf_dim": {"choice": [32, 64]},
+        "df_dim": {"choice": [32, 64]},
+    }
+
+
+SPACES = {"nmt": nmt_space, "dcgan": dcgan_space}
+DEFAULT_METRIC = {"nmt": ("eval/bleu", "max"), "dcgan": ("eval/swd", "min")}
+# Float knobs PBT may perturb between checkpoints (shapes must not change).
+MUTABLE = {"learning_rate", "dropout", "beta1"}
+
+
+def load_overrides(path: str) -> dict[str, Any]:
+    if not os.path.exists(path):
+        raise UserError(f"search space file not found: {path}")
+    with open(path) as f:
+        if path.endswith((".yaml", ".yml")):
+            try:
+                import yaml
+            except ImportError:
+                raise UserError("YAML search spaces need PyYAML; use JSON instead") from None
+            data = yaml.safe_load(f)
+        else:
+            try:
+                data = json.load(f)
+            except json.JSONDecodeError as e:
+                raise UserError(f"{path} is not valid JSON: {e}") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path} must hold an object of field -> spec")
+    return data
+
+
+def search_space(workload: str, base: dict[str, Any], fixed: set[str], overrides: dict[str, Any] | None = None,
+                 fields: set[str] | None = None) -> dict[str, Any]:
+    """The JSON-form space for `workload`: defaults, then overrides, minus the fixed fields."""
+    if workload not in SPACES:
+        raise UserError(f"no search space for workload {workload!r}; one of: {', '.join(SPACES)}")
+    space = dict(SPACES[workload](base))
+    for k, v in (overrides or {}).items():
+        if v is None:
+            space.pop(k, None)
+        else:
+            space[k] = v
+    if fields is not None:
+        unknown = sorted(set(space) - fields)
+        if unknown:
+            raise UserError(f"search space: unknown setting(s) {', '.join(unknown)}")
+    return {k: v for k, v in space.items() if k not in fixed}
+
+
+def to_tune(spec: Any):
+    """One JSON spec -> a Ray Tune domain (constants pass through)."""
+    from ray import tune
+
+    if not isinstance(spec, dict) or len(spec) != 1:
+        return spec
+    (kind, args), = spec.items()
+    makers = {"loguniform": tune.loguniform, "uniform": tune.uniform, "quniform": tune.quniform,
+              "randint": tune.randint, "choice": lambda *a: tune.choice(list(a))}
+    if kind not in makers:
+        raise UserError(f"search space: unknown distribution {kind!r}; one of: {', '.join(makers)}")
+    return makers[kind](*args)
+
+
+def tune_space(space: dict[str, Any]) -> dict[str, Any]:
+    return {k: to_tune(v) for k, v in space.items()}

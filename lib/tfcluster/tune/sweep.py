@@ -1,0 +1,369 @@
+"""Ray Tune sweeps over a workload's hyperparameters, running the train jobs' own loop.
+
+Each trial is a function trainable that calls `tfcluster.train.loop.run_loop` (the loop
+`jobs/train_<workload>.py` runs) on one worker, in its own out_dir under the trial
+folder, and reports the eval metric with a checkpoint at every eval point, so ASHA can
+stop bad trials early and PBT can exploit from another trial's checkpoint. The sweep
+adds only the search space (`tfcluster.tune.spaces`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import json
+import math
+import os
+import shutil
+import tempfile
+import time
+from typing import Any
+
+from tfcluster import config as config_mod
+from tfcluster.errors import UserError
+from tfcluster.tune import spaces
+
+SHARED_DIR = "prepared"  # driver-side prepare() output (e.g. vocabularies), copied into each trial
+RUN_DIR = "run"  # the trial's out_dir inside its Tune trial folder
+SWEEP_FIELDS = ("num_workers", "out_dir", "model_base_path", "address")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class SweepConfig:
+    """The sweep's own settings (workload settings are parsed separately)."""
+
+    workload: str
+    num_samples: int = 8
+    scheduler: str = "asha"
+    search: str = "random"
+    max_concurrent_trials: int = 0
+    metric: str = ""
+    mode: str = ""
+    time_budget_s: float = 0.0
+    grace_period: int = 1
+    evals_per_trial: int = 4
+    storage_path: str = "runs/sweeps"
+    name: str = ""
+    resume: bool = False
+    cpus_per_trial: float = 1.0
+    gpus_per_trial: float = 0.0
+    workers_per_trial: int = 1
+    export_best: bool = False
+    search_space: str = ""
+    seed: int = 0
+
+
+def add_sweep_flags(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("sweep settings")
+    g.add_argument("--num_samples", type=int, default=8, help="trials to run (default: 8)")
+    g.add_argument("--scheduler", choices=("asha", "pbt", "fifo"), default="asha", help="trial scheduler (default: asha)")
+    g.add_argument("--search", choices=("random", "optuna"), default="random", help="search algorithm (default: random)")
+    g.add_argument("--max_concurrent_trials", type=int, default=0, help="trials running at once; 0: as many as resources allow")
+    g.add_argument("--metric", default="", help="metric to optimize (default: the workload's eval metric)")
+    g.add_argument("--mode", choices=("max", "min"), default="", help="max or min (default: the workload's)")
+    g.add_argument("--time_budget_s", type=float, default=0.0, help="stop the sweep after this many seconds; 0: no limit")
+    g.add_argument("--grace_period", type=int, default=1, help="ASHA: eval reports a trial always gets (default: 1)")
+    g.add_argument("--evals_per_trial", type=int, default=4,
+                   help="eval reports per trial when --steps_per_external_eval is not given (default: 4)")
+    g.add_argument("--storage_path", default="runs/sweeps", help="where experiments go (default: runs/sweeps)")
+    g.add_argument("--name", default="", help="experiment name (default: <workload>-<time>); --resume needs it")
+    g.add_argument("--resume", action="store_true", help="continue the interrupted experiment storage_path/name")
+    g.add_argument("--cpus_per_trial", type=float, default=1.0, help="CPUs per trial (default: 1)")
+    g.add_argument("--gpus_per_trial", type=float, default=0.0, help="GPUs per trial, fractions allowed (default: 0)")
+    g.add_argument("--workers_per_trial", type=int, default=1, help="training workers per trial (only 1 for now)")
+    g.add_argument("--export_best", action="store_true", help="export the best trial to --model_base_path")
+    g.add_argument("--search_space", default="", help="JSON/YAML file of field -> spec overriding the default space")
+
+
+def parse(workload: str, argv: list[str] | None = None) -> tuple[SweepConfig, Any, dict[str, Any]]:
+    """(sweep settings, base workload Config, the workload flags given explicitly)."""
+    from tfcluster import workloads
+
+    wl = workloads.get(workload)
+    parser = argparse.ArgumentParser(prog=f"sweep_{workload}.py", allow_abbrev=False,
+                                     description=f"Ray Tune sweep over {workload} hyperparameters")
+    add_sweep_flags(parser)
+    config_mod.add_config_flags(parser, wl.Config)
+    ns = parser.parse_args(argv)
+    sweep_names = {f.name for f in dataclasses.fields(SweepConfig)} - {"workload", "seed"}
+    sc = SweepConfig(workload=workload, **{k: v for k, v in vars(ns).items() if k in sweep_names},
+                     seed=getattr(ns, "seed", 0))
+    cfg, explicit = config_mod.config_from_args(wl.Config, ns, resume=False)
+    return sc, cfg, explicit
+
+
+def _abs(path: str) -> str:
+    return path if "://" in path else os.path.abspath(os.path.expanduser(path))
+
+
+# ---------------------------------------------------------------------------- the trial
+
+
+def _restore_into(checkpoint, out_dir: str) -> None:
+    """Make a Tune checkpoint (resume, or PBT's exploit) the trial's out_dir/ckpt."""
+    from tfcluster.train.loop import CKPT_DIR
+
+    dest = os.path.join(out_dir, CKPT_DIR)
+    with checkpoint.as_directory() as src:
+        if os.path.exists(dest):
+            shutil.rmtree(dest)
+        shutil.copytree(src, dest)
+
+
+def trainable(config: dict, *, workload: str, base: dict, shared_dir: str, cpus: float) -> None:
+    """One trial: the base Config with this trial's sampled values, trained by the shared loop."""
+    import ray.tune as tune
+    from tfcluster import workloads
+    from tfcluster.train.loop import WorkerContext, _copy_checkpoint, run_loop
+
+    n = max(1, int(cpus))
+    os.environ.setdefault("OMP_NUM_THREADS", str(n))
+    import tensorflow as tf
+
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(n)
+        tf.config.threading.set_inter_op_parallelism_threads(n)
+    except RuntimeError:
+        pass
+    wl = workloads.get(workload)
+    out_dir = os.path.join(tune.get_context().get_trial_dir(), RUN_DIR)
+    cfg = config_mod.build(wl.Config, {**base, **config, "out_dir": out_dir, "model_base_path": ""}, "trial config")
+    os.makedirs(out_dir, exist_ok=True)
+    for name in os.listdir(shared_dir):  # prepared files (vocabularies, image index)
+        src, dst = os.path.join(shared_dir, name), os.path.join(out_dir, name)
+        if os.path.isfile(src) and not os.path.exists(dst) and name != config_mod.CONFIG_FILE:
+            shutil.copy(src, dst)
+    if hasattr(wl, "prepare"):
+        cfg = wl.prepare(cfg)
+    config_mod.save(cfg)
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:
+        _restore_into(checkpoint, out_dir)
+
+    def report(metrics: dict, ckpt_path: str | None) -> None:
+        if ckpt_path is None:  # stats-only points carry no eval metric: report eval points only
+            return
+        values = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        with tempfile.TemporaryDirectory() as tmp:
+            _copy_checkpoint(ckpt_path, tmp)
+            tune.report(values, checkpoint=tune.Checkpoint.from_directory(tmp))
+
+    run_loop(lambda strategy: wl.Task(cfg, strategy, WorkerContext()), cfg, WorkerContext(), report)
+
+
+# ---------------------------------------------------------------------------- the driver
+
+
+def _scheduler(sc: SweepConfig, space: dict[str, Any], max_t: int):
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, PopulationBasedTraining
+
+    if sc.scheduler == "asha":
+        return ASHAScheduler(time_attr="training_iteration", max_t=max(max_t, 1),
+                             grace_period=max(1, min(sc.grace_period, max_t)), reduction_factor=2)
+    if sc.scheduler == "pbt":
+        mutations = {k: spaces.to_tune(v) for k, v in space.items() if k in spaces.MUTABLE and isinstance(v, dict)}
+        if not mutations:
+            raise UserError("--scheduler pbt needs a float knob to perturb (learning_rate, dropout, beta1) left unfixed")
+        return PopulationBasedTraining(time_attr="training_iteration", perturbation_interval=1,
+                                       hyperparam_mutations=mutations, seed=sc.seed)
+    return FIFOScheduler()
+
+
+def _search_alg(sc: SweepConfig):
+    if sc.search == "optuna":
+        if sc.scheduler == "pbt":
+            raise UserError("--scheduler pbt samples its own configs; use --search random with it")
+        from ray.tune.search.optuna import OptunaSearch
+
+        return OptunaSearch(seed=sc.seed)
+    return None
+
+
+def _trial_dirname(trial) -> str:
+    return f"trial_{trial.trial_id}"
+
+
+def _metric_series(result, metric: str) -> tuple[list[int], list[float]]:
+    df = result.metrics_dataframe
+    if df is None or metric not in getattr(df, "columns", []):
+        return [], []
+    df = df.dropna(subset=[metric])
+    return [int(x) for x in df["training_iteration"]], [float(x) for x in df[metric]]
+
+
+def summarize(grid, sc: SweepConfig, metric: str, mode: str, exp_dir: str, sampled: list[str]) -> dict[str, Any]:
+    """Write results.csv, best_config.json and the plot; print the table; return the best trial's row."""
+    rows: list[dict[str, Any]] = []
+    series: dict[str, tuple[list[int], list[float]]] = {}
+    for result in grid:
+        cfg = result.config or {}
+        its, vals = _metric_series(result, metric)
+        trial_dir = result.path
+        trial_id = os.path.basename(trial_dir).replace("trial_", "") if trial_dir else "?"
+        best = (max(vals) if mode == "max" else min(vals)) if vals else float("nan")
+        status = "ERROR" if result.error else ("DONE" if result.metrics and result.metrics.get("done") else "STOPPED")
+        rows.append({"trial": trial_id, "status": status, "iterations": len(its),
+                     "step": int((result.metrics or {}).get("step", 0)), metric: best,
+                     f"last_{metric}": vals[-1] if vals else float("nan"),
+                     **{k: cfg.get(k) for k in sampled}, "out_dir": os.path.join(trial_dir, RUN_DIR)})
+        series[trial_id] = (its, vals)
+    rows.sort(key=lambda r: r["trial"])
+    cols = list(rows[0]) if rows else ["trial"]
+    with open(os.path.join(exp_dir, "results.csv"), "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=cols)
+        w.writeheader()
+        w.writerows(rows)
+    scored = [r for r in rows if r[metric] == r[metric]]
+    best_row = (max if mode == "max" else min)(scored, key=lambda r: r[metric]) if scored else None
+    plot_path = plot(series, metric, os.path.join(exp_dir, f"{metric.replace('/', '_')}.png"))
+    print_table(rows, metric, sampled)
+    if best_row is not None:
+        with open(os.path.join(best_row["out_dir"], config_mod.CONFIG_FILE)) as f:
+            full = json.load(f)
+        best = {"trial": best_row["trial"], "metric": metric, "mode": mode, "value": best_row[metric],
+                "config": {k: best_row[k] for k in sampled}, "full_config": full, "out_dir": best_row["out_dir"]}
+        with open(os.path.join(exp_dir, "best_config.json"), "w") as f:
+            json.dump(best, f, indent=2, sort_keys=True)
+            f.write("\n")
+        print(f"# best trial {best_row['trial']}: {metric} {best_row[metric]:.4g} with "
+              + ", ".join(f"{k}={best_row[k]!r}" for k in sampled), flush=True)
+    print(f"# results {os.path.join(exp_dir, 'results.csv')}, plot {plot_path}", flush=True)
+    return best_row or {}
+
+
+def plot(series: dict[str, tuple[list[int], list[float]]], metric: str, path: str) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for trial, (its, vals) in sorted(series.items()):
+        if its:
+            ax.plot(its, vals, marker="o", label=trial)
+    ax.set_xlabel("training iteration (eval reports)")
+    ax.set_ylabel(metric)
+    ax.set_title(f"{metric} per trial")
+    if series:
+        ax.legend(fontsize="small", ncol=2)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return "nan" if v != v else f"{v:.4g}"
+    return ("''" if v == "" else v) if isinstance(v, str) else str(v)
+
+
+def print_table(rows: list[dict[str, Any]], metric: str, sampled: list[str]) -> None:
+    cols = ["trial", "status", "iterations", "step", metric, *sampled]
+    table = [[_fmt(r.get(c)) for c in cols] for r in rows]
+    widths = [max(len(c), *(len(t[i]) for t in table)) if table else len(c) for i, c in enumerate(cols)]
+    print("  ".join(c.ljust(w) for c, w in zip(cols, widths)), flush=True)
+    for t in table:
+        print("  ".join(x.ljust(w) for x, w in zip(t, widths)), flush=True)
+
+
+def run(sc: SweepConfig, cfg: Any, explicit: dict[str, Any]) -> dict[str, Any]:
+    """Run (or resume) the sweep; returns {"best": row, "export_path": ..., "experiment": dir}."""
+    import ray
+    from ray import tune
+    from tfcluster import workloads
+    from tfcluster.train.driver import init_ray
+
+    wl = workloads.get(sc.workload)
+    if sc.workers_per_trial != 1:
+        raise UserError("--workers_per_trial above 1 is not supported yet; run one worker per trial")
+    if sc.num_samples < 1:
+        raise UserError(f"--num_samples must be at least 1, got {sc.num_samples}")
+    if sc.export_best and not cfg.model_base_path:
+        raise UserError("--export_best needs --model_base_path")
+    metric, mode = spaces.DEFAULT_METRIC.get(sc.workload, ("", ""))
+    metric, mode = sc.metric or metric, sc.mode or mode
+    if not metric or not mode:
+        raise UserError("--metric and --mode are required for this workload")
+    if sc.resume and not sc.name:
+        raise UserError("--resume needs --name of the experiment to continue")
+    name = sc.name or f"{sc.workload}-{time.strftime('%Y%m%d-%H%M%S')}"
+    storage = _abs(sc.storage_path)
+    exp_dir = os.path.join(storage, name)
+
+    base = config_mod.to_dict(cfg)
+    for k in ("train_prefix", "dev_prefix", "test_prefix", "vocab_prefix", "data_dir", "sample_dir", "fid_cache_dir"):
+        if base.get(k) and "://" not in base[k]:
+            base[k] = _abs(base[k])
+    fields = set(base)
+    overrides = spaces.load_overrides(sc.search_space) if sc.search_space else None
+    space = spaces.search_space(sc.workload, base, set(explicit), overrides, fields)
+    sampled = sorted(space)
+    if "steps_per_external_eval" not in explicit and "steps_per_external_eval" in base:
+        steps = base.get("num_train_steps") or 0
+        if steps:
+            base["steps_per_external_eval"] = max(1, math.ceil(steps / max(1, sc.evals_per_trial)))
+            if "steps_per_stats" not in explicit:
+                base["steps_per_stats"] = min(base["steps_per_stats"], base["steps_per_external_eval"])
+    eval_every = base.get("steps_per_external_eval") or 10 * base.get("steps_per_stats", 100)
+    max_t = math.ceil(base.get("num_train_steps", eval_every) / eval_every) if "num_train_steps" in base else 1000
+    shared = os.path.join(exp_dir, SHARED_DIR)
+    os.makedirs(shared, exist_ok=True)
+    if hasattr(wl, "prepare"):  # validate flags and build shared files once, before any trial
+        prepared = wl.prepare(config_mod.build(wl.Config, {**base, "out_dir": shared}))
+        base.update({k: v for k, v in config_mod.to_dict(prepared).items() if k != "out_dir"})
+    base["model_base_path"] = ""
+    print(f"# sweep {sc.workload}: {sc.num_samples} trials, {sc.scheduler}/{sc.search}, {metric} ({mode}) in {exp_dir}",
+          flush=True)
+    print("# search space\n" + "\n".join(f"  {k}: {json.dumps(v)}" for k, v in sorted(space.items())), flush=True)
+
+    init_ray(cfg.address)
+    fn = tune.with_parameters(trainable, workload=sc.workload, base=base, shared_dir=shared, cpus=sc.cpus_per_trial)
+    fn = tune.with_resources(fn, {"cpu": sc.cpus_per_trial, "gpu": sc.gpus_per_trial})
+    run_cfg = tune.RunConfig(name=name, storage_path=storage, verbose=1,
+                             checkpoint_config=tune.CheckpointConfig(num_to_keep=2))
+    if sc.resume and tune.Tuner.can_restore(exp_dir):
+        print(f"# resuming {exp_dir}", flush=True)
+        tuner = tune.Tuner.restore(exp_dir, trainable=fn, resume_unfinished=True, resume_errored=True)
+    else:
+        if sc.resume:
+            print(f"# nothing to resume in {exp_dir}; starting it", flush=True)
+        tuner = tune.Tuner(
+            fn,
+            param_space=spaces.tune_space(space),
+            tune_config=tune.TuneConfig(
+                metric=metric, mode=mode, num_samples=sc.num_samples,
+                scheduler=_scheduler(sc, space, max_t), search_alg=_search_alg(sc),
+                max_concurrent_trials=sc.max_concurrent_trials or None,
+                time_budget_s=sc.time_budget_s or None, trial_dirname_creator=_trial_dirname,
+            ),
+            run_config=run_cfg,
+        )
+    grid = tuner.fit()
+    best = summarize(grid, sc, metric, mode, exp_dir, sampled)
+    out: dict[str, Any] = {"best": best, "experiment": exp_dir, "results": os.path.join(exp_dir, "results.csv")}
+    if sc.export_best:
+        if not best:
+            raise UserError("no trial reported the metric; nothing to export")
+        best_cfg = config_mod.load(wl.Config, best["out_dir"])
+        best_cfg = dataclasses.replace(best_cfg, model_base_path=_abs(cfg.model_base_path))
+        path = wl.export_checkpoint(best_cfg, which="best")
+        print(f"# exported {path}", flush=True)
+        out["export_path"] = path
+    del ray
+    return out
+
+
+def main(workload: str, argv: list[str] | None = None) -> int:
+    """What `jobs/sweep_<workload>.py` and `tfcluster sweep <workload>` run."""
+    from tfcluster.errors import main_guard
+
+    @main_guard
+    def _main() -> int:
+        sc, cfg, explicit = parse(workload, argv)
+        run(sc, cfg, explicit)
+        return 0
+
+    return _main()
