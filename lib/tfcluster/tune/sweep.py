@@ -180,6 +180,19 @@ def _search_alg(sc: SweepConfig):
     return None
 
 
+def _total_steps(wl, base: dict[str, Any], shared_dir: str) -> int:
+    """Training steps of a trial at the base settings (NMT: num_train_steps; DCGAN: epochs x steps per epoch)."""
+    if base.get("num_train_steps"):
+        return int(base["num_train_steps"])
+    if "epoch" in base and hasattr(wl, "steps_per_epoch") and hasattr(wl, "num_images"):
+        try:
+            cfg = config_mod.build(wl.Config, {**base, "out_dir": shared_dir})
+            return int(base["epoch"]) * wl.steps_per_epoch(wl.num_images(cfg), cfg.train_size, cfg.batch_size)
+        except Exception:  # noqa: BLE001 - only sets the eval frequency; fall back to the workload's
+            return 0
+    return 0
+
+
 def _trial_dirname(trial) -> str:
     return f"trial_{trial.trial_id}"
 
@@ -301,19 +314,18 @@ def run(sc: SweepConfig, cfg: Any, explicit: dict[str, Any]) -> dict[str, Any]:
     overrides = spaces.load_overrides(sc.search_space) if sc.search_space else None
     space = spaces.search_space(sc.workload, base, set(explicit), overrides, fields)
     sampled = sorted(space)
-    if "steps_per_external_eval" not in explicit and "steps_per_external_eval" in base:
-        steps = base.get("num_train_steps") or 0
-        if steps:
-            base["steps_per_external_eval"] = max(1, math.ceil(steps / max(1, sc.evals_per_trial)))
-            if "steps_per_stats" not in explicit:
-                base["steps_per_stats"] = min(base["steps_per_stats"], base["steps_per_external_eval"])
-    eval_every = base.get("steps_per_external_eval") or 10 * base.get("steps_per_stats", 100)
-    max_t = math.ceil(base.get("num_train_steps", eval_every) / eval_every) if "num_train_steps" in base else 1000
     shared = os.path.join(exp_dir, SHARED_DIR)
     os.makedirs(shared, exist_ok=True)
     if hasattr(wl, "prepare"):  # validate flags and build shared files once, before any trial
         prepared = wl.prepare(config_mod.build(wl.Config, {**base, "out_dir": shared}))
         base.update({k: v for k, v in config_mod.to_dict(prepared).items() if k != "out_dir"})
+    steps = _total_steps(wl, base, shared)
+    if steps and "steps_per_external_eval" not in explicit and "steps_per_external_eval" in base:
+        base["steps_per_external_eval"] = max(1, math.ceil(steps / max(1, sc.evals_per_trial)))
+        if "steps_per_stats" not in explicit:
+            base["steps_per_stats"] = min(base["steps_per_stats"], base["steps_per_external_eval"])
+    eval_every = base.get("steps_per_external_eval") or 10 * base.get("steps_per_stats", 100)
+    max_t = math.ceil(steps / eval_every) if steps else 1000
     base["model_base_path"] = ""
     print(f"# sweep {sc.workload}: {sc.num_samples} trials, {sc.scheduler}/{sc.search}, {metric} ({mode}) in {exp_dir}",
           flush=True)
