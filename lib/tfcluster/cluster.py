@@ -29,8 +29,11 @@ def token_path() -> Path:
 
 
 def auth_env() -> dict[str, str]:
-    """The environment for Ray processes and clients: token auth on."""
-    return {**os.environ, "RAY_AUTH_MODE": "token"}
+    """The environment for Ray processes and clients: token auth on, and this Python's bin
+    directory first on PATH, so `python` in a job entrypoint is the one tfcluster runs in."""
+    bin_dir = os.path.dirname(sys.executable)
+    path = os.pathsep.join([bin_dir, os.environ.get("PATH", "")])
+    return {**os.environ, "RAY_AUTH_MODE": "token", "PATH": path}
 
 
 def _ray_cli() -> str:
