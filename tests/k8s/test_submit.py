@@ -185,25 +185,29 @@ def ray_head():
                 pass
 
 
+def run_cli_process(argv, token):
+    """`tfcluster` in its own process: Ray caches its auth token once per process, and this
+    head's token must not leak into later tests that start a local Ray in the pytest process."""
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token, "PYTHONPATH": str(Path(submit.__file__).parents[1])}
+    proc = subprocess.run([sys.executable, "-m", "tfcluster.cli", *argv], env=env, capture_output=True, text=True, timeout=300)
+    return proc.returncode, proc.stdout, proc.stderr
+
+
 @pytest.mark.slow
-def test_submit_to_a_ray_dashboard_streams_logs(ray_head, capsys, monkeypatch, tmp_path):
+def test_submit_to_a_ray_dashboard_streams_logs(ray_head, tmp_path):
     url, token = ray_head
-    monkeypatch.setenv("RAY_AUTH_MODE", "token")
-    monkeypatch.setenv("RAY_AUTH_TOKEN", token)
     (tmp_path / "hello.py").write_text("import os, sys\nprint('hello from', os.environ['GREETING'], sys.argv[1])\n")
-    code, out, err = run_cli(["submit", "--address", url, "--working_dir", str(tmp_path), "--env", "GREETING=ray",
-                              "--", "python", "hello.py", "tfcluster"], capsys)
+    code, out, err = run_cli_process(["submit", "--address", url, "--working_dir", str(tmp_path), "--env", "GREETING=ray",
+                                      "--", "python", "hello.py", "tfcluster"], token)
     assert code == 0, err + out
     assert "hello from ray tfcluster" in out
     assert out.rstrip().endswith("SUCCEEDED")
 
 
 @pytest.mark.slow
-def test_a_failing_job_exits_1(ray_head, capsys, monkeypatch):
+def test_a_failing_job_exits_1(ray_head):
     url, token = ray_head
-    monkeypatch.setenv("RAY_AUTH_MODE", "token")
-    monkeypatch.setenv("RAY_AUTH_TOKEN", token)
-    code, out, _ = run_cli(["submit", "--address", url, "--", "python", "-c", "import sys; print('boom'); sys.exit(3)"], capsys)
+    code, out, _ = run_cli_process(["submit", "--address", url, "--", "python", "-c", "import sys; print('boom'); sys.exit(3)"], token)
     assert code == 1
     assert "boom" in out and out.rstrip().endswith("FAILED")
 
