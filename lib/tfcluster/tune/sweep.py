@@ -166,7 +166,7 @@ def _scheduler(sc: SweepConfig, space: dict[str, Any], max_t: int):
         if not mutations:
             raise UserError("--scheduler pbt needs a float knob to perturb (learning_rate, dropout, beta1) left unfixed")
         return PopulationBasedTraining(time_attr="training_iteration", perturbation_interval=1,
-                                       hyperparam_mutations=mutations, seed=sc.seed)
+                                       hyperparam_mutations=mutations)
     return FIFOScheduler()
 
 
@@ -205,7 +205,8 @@ def _metric_series(result, metric: str) -> tuple[list[int], list[float]]:
     return [int(x) for x in df["training_iteration"]], [float(x) for x in df[metric]]
 
 
-def summarize(grid, sc: SweepConfig, metric: str, mode: str, exp_dir: str, sampled: list[str]) -> dict[str, Any]:
+def summarize(grid, sc: SweepConfig, metric: str, mode: str, exp_dir: str, sampled: list[str],
+              total_steps=None) -> dict[str, Any]:
     """Write results.csv, best_config.json and the plot; print the table; return the best trial's row."""
     rows: list[dict[str, Any]] = []
     series: dict[str, tuple[list[int], list[float]]] = {}
@@ -215,9 +216,11 @@ def summarize(grid, sc: SweepConfig, metric: str, mode: str, exp_dir: str, sampl
         trial_dir = result.path
         trial_id = os.path.basename(trial_dir).replace("trial_", "") if trial_dir else "?"
         best = (max(vals) if mode == "max" else min(vals)) if vals else float("nan")
-        status = "ERROR" if result.error else ("DONE" if result.metrics and result.metrics.get("done") else "STOPPED")
+        last_step = int((result.metrics or {}).get("step", 0))
+        planned = total_steps(cfg) if total_steps else 0
+        status = "ERROR" if result.error else ("DONE" if last_step >= planned else "STOPPED")
         rows.append({"trial": trial_id, "status": status, "iterations": len(its),
-                     "step": int((result.metrics or {}).get("step", 0)), metric: best,
+                     "step": last_step, metric: best,
                      f"last_{metric}": vals[-1] if vals else float("nan"),
                      **{k: cfg.get(k) for k in sampled}, "out_dir": os.path.join(trial_dir, RUN_DIR)})
         series[trial_id] = (its, vals)
@@ -326,6 +329,12 @@ def run(sc: SweepConfig, cfg: Any, explicit: dict[str, Any]) -> dict[str, Any]:
             base["steps_per_stats"] = min(base["steps_per_stats"], base["steps_per_external_eval"])
     eval_every = base.get("steps_per_external_eval") or 10 * base.get("steps_per_stats", 100)
     max_t = math.ceil(steps / eval_every) if steps else 1000
+    batches = (space.get("batch_size") or {}).get("choice") if isinstance(space.get("batch_size"), dict) else None
+    if steps and batches and not base.get("num_train_steps"):  # epochs: smaller batches make more steps
+        max_t = math.ceil(max_t * base["batch_size"] / min(batches))
+
+    def total_steps(config: dict) -> int:
+        return _total_steps(wl, {**base, **config}, shared)
     base["model_base_path"] = ""
     print(f"# sweep {sc.workload}: {sc.num_samples} trials, {sc.scheduler}/{sc.search}, {metric} ({mode}) in {exp_dir}",
           flush=True)
@@ -335,7 +344,7 @@ def run(sc: SweepConfig, cfg: Any, explicit: dict[str, Any]) -> dict[str, Any]:
     fn = tune.with_parameters(trainable, workload=sc.workload, base=base, shared_dir=shared, cpus=sc.cpus_per_trial)
     fn = tune.with_resources(fn, {"cpu": sc.cpus_per_trial, "gpu": sc.gpus_per_trial})
     run_cfg = tune.RunConfig(name=name, storage_path=storage, verbose=1,
-                             checkpoint_config=tune.CheckpointConfig(num_to_keep=2))
+                             checkpoint_config=tune.CheckpointConfig(num_to_keep=4 if sc.scheduler == "pbt" else 2))
     if sc.resume and tune.Tuner.can_restore(exp_dir):
         print(f"# resuming {exp_dir}", flush=True)
         tuner = tune.Tuner.restore(exp_dir, trainable=fn, resume_unfinished=True, resume_errored=True)
@@ -354,7 +363,7 @@ def run(sc: SweepConfig, cfg: Any, explicit: dict[str, Any]) -> dict[str, Any]:
             run_config=run_cfg,
         )
     grid = tuner.fit()
-    best = summarize(grid, sc, metric, mode, exp_dir, sampled)
+    best = summarize(grid, sc, metric, mode, exp_dir, sampled, total_steps)
     out: dict[str, Any] = {"best": best, "experiment": exp_dir, "results": os.path.join(exp_dir, "results.csv")}
     if sc.export_best:
         if not best:
