@@ -40,8 +40,12 @@ ray-up: $(STAMP)
 ray-down: $(STAMP)
 	$(BIN)/tfcluster cluster down
 
+DATA ?= ../shared/data
 bench: $(STAMP)
-	$(BIN)/python bench/nmt_train.py
+	$(BIN)/python bench/nmt_train.py --data $(DATA)/multi30k
+	$(BIN)/python bench/dcgan_train.py
+	$(BIN)/python bench/serving.py
+	$(BIN)/python bench/rl.py --what all
 
 clean:
 	rm -rf runs models demo .pytest_cache
