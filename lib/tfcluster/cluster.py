@@ -36,7 +36,7 @@ def auth_env() -> dict[str, str]:
     return {**os.environ, "RAY_AUTH_MODE": "token", "PATH": path}
 
 
-def _ray_cli() -> str:
+def ray_cli() -> str:
     exe = Path(sys.executable).with_name("ray")
     if exe.exists():
         return str(exe)
@@ -49,7 +49,7 @@ def _ray_cli() -> str:
 def ensure_token() -> Path:
     path = token_path()
     if not path.exists() and not os.environ.get("RAY_AUTH_TOKEN"):
-        subprocess.run([_ray_cli(), "get-auth-token", "--generate"], env=auth_env(), check=True, capture_output=True)
+        subprocess.run([ray_cli(), "get-auth-token", "--generate"], env=auth_env(), check=True, capture_output=True)
         print(f"created a Ray auth token in {path}")
     return path
 
@@ -73,7 +73,7 @@ def up(num_cpus: int | None = None, num_gpus: int | None = None, wait_s: float =
         return
     ensure_token()
     cmd = [
-        _ray_cli(), "start", "--head",
+        ray_cli(), "start", "--head",
         "--node-ip-address", HOST,
         "--port", str(GCS_PORT),
         "--dashboard-host", HOST,
@@ -101,7 +101,7 @@ def up(num_cpus: int | None = None, num_gpus: int | None = None, wait_s: float =
 
 
 def down() -> None:
-    subprocess.run([_ray_cli(), "stop", "--force"], env=auth_env(), capture_output=True)
+    subprocess.run([ray_cli(), "stop", "--force"], env=auth_env(), capture_output=True)
     print("Ray stopped")
 
 
@@ -109,7 +109,7 @@ def status() -> int:
     if not dashboard_up():
         print(f"no Ray cluster answers at {DASHBOARD_URL}")
         return 1
-    return subprocess.run([_ray_cli(), "status", "--address", f"{HOST}:{GCS_PORT}"], env=auth_env()).returncode
+    return subprocess.run([ray_cli(), "status", "--address", f"{HOST}:{GCS_PORT}"], env=auth_env()).returncode
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         banner("2/4 ray job submit -- python jobs/train_nmt.py")
         flags, sentences = corpus(work)
         cmd = [
-            cluster._ray_cli(), "job", "submit", "--address", cluster.DASHBOARD_URL, "--working-dir", ROOT, "--",
+            cluster.ray_cli(), "job", "submit", "--address", cluster.DASHBOARD_URL, "--working-dir", ROOT, "--",
             "python", "jobs/train_nmt.py", *flags, "--num_workers", str(a.num_workers),
             "--out_dir", os.path.join(work, "runs", "nmt"), "--model_base_path", models,
         ]

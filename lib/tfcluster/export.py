@@ -45,7 +45,7 @@ def warmup_log(spec: contract.ModelSpec, inputs: Mapping[str, Any]):
     )
     for key, value in inputs.items():
         t = spec.input(key)
-        req.inputs[key].CopyFrom(tf.make_tensor_proto(np.asarray(value), dtype=tf.as_dtype(t.dtype) if t.dtype != "string" else tf.string))
+        req.inputs[key].CopyFrom(tf.make_tensor_proto(np.asarray(value), dtype=tf.as_dtype(t.dtype)))
     return prediction_log_pb2.PredictionLog(predict_log=prediction_log_pb2.PredictLog(request=req))
 
 

@@ -7,21 +7,11 @@ import yaml
 from google.protobuf import text_format
 from tensorflow_serving.config import model_server_config_pb2
 
-from kube_support import EXAMPLES, free_port
-from tfcluster import cli, deploy
+from kube_support import EXAMPLES, free_port, run_cli
+from tfcluster import deploy
 from tfcluster.errors import UserError
 
 NMT = str(EXAMPLES / "nmt-values.yaml")
-
-
-def run_cli(argv, capsys):
-    """The `tfcluster` entry point; (exit status, stdout, stderr)."""
-    try:
-        code = cli.main(argv)
-    except SystemExit as e:
-        code = e.code
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 def labels_in(text):

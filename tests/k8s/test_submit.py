@@ -19,18 +19,9 @@ import jsonschema
 import pytest
 import yaml
 
-from kube_support import free_port
-from tfcluster import cli, submit
+from kube_support import free_port, run_cli
+from tfcluster import submit
 from tfcluster.errors import UserError
-
-
-def run_cli(argv, capsys):
-    try:
-        code = cli.main(argv)
-    except SystemExit as e:
-        code = e.code
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 # ---------------------------------------------------------------------------- RayJob

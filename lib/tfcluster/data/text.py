@@ -180,6 +180,35 @@ def lookup_table(vocab_path: str):
 # ---------------------------------------------------------------------------- pipelines
 
 
+# Padding for (src, src_len, tgt_in, tgt_out, tgt_len) batches: </s> ids, zero lengths.
+PADDED_FIELDS = dict(padded_shapes=([None], [], [None], [None], []), padding_values=(EOS_ID, 0, EOS_ID, EOS_ID, 0))
+
+
+def decoder_fields(s, t):
+    """(src, src_len, <s>+tgt, tgt+</s>, len(tgt)+1): tensorflow/nmt's decoder input and output."""
+    import tensorflow as tf
+
+    t_in = tf.concat([[SOS_ID], t], 0)
+    return s, tf.size(s), t_in, tf.concat([t, [EOS_ID]], 0), tf.size(t_in)
+
+
+def to_ids_fn(src_table, tgt_table, tokenizer: str, src_max_len: int = 0, tgt_max_len: int = 0):
+    """A map function: (src line, tgt line) -> (src ids, tgt ids), each cut to its max length when given."""
+    import tensorflow as tf
+
+    def ids(table, line, max_len):
+        toks = tokenize(line, tokenizer)
+        return tf.cast(table.lookup(toks[:max_len] if max_len else toks), tf.int32)
+
+    return lambda src, tgt: (ids(src_table, src, src_max_len), ids(tgt_table, tgt, tgt_max_len))
+
+
+def both_non_empty(s, t):
+    import tensorflow as tf
+
+    return tf.logical_and(tf.size(s) > 0, tf.size(t) > 0)
+
+
 def text_dataset(path: str):
     import tensorflow as tf
 
@@ -210,27 +239,11 @@ def train_dataset(
         ds = ds.shard(num_shards, shard_index)
     ds = ds.cache().shuffle(shuffle_buffer or batch_size * 1000, seed=seed, reshuffle_each_iteration=True).repeat()
 
-    def to_ids(src, tgt):
-        s = tokenize(src, tokenizer)[:src_max_len] if src_max_len else tokenize(src, tokenizer)
-        t = tokenize(tgt, tokenizer)[:tgt_max_len] if tgt_max_len else tokenize(tgt, tokenizer)
-        s = tf.cast(src_table.lookup(s), tf.int32)
-        t = tf.cast(tgt_table.lookup(t), tf.int32)
-        return s, t
+    ds = ds.map(to_ids_fn(src_table, tgt_table, tokenizer, src_max_len, tgt_max_len), num_parallel_calls=tf.data.AUTOTUNE)
+    ds = ds.filter(both_non_empty)
 
-    ds = ds.map(to_ids, num_parallel_calls=tf.data.AUTOTUNE)
-    ds = ds.filter(lambda s, t: tf.logical_and(tf.size(s) > 0, tf.size(t) > 0))
-
-    def fields(s, t):
-        t_in = tf.concat([[SOS_ID], t], 0)
-        t_out = tf.concat([t, [EOS_ID]], 0)
-        return s, tf.size(s), t_in, t_out, tf.size(t_in)
-
-    ds = ds.map(fields, num_parallel_calls=tf.data.AUTOTUNE)
-    padded = dict(
-        padded_shapes=([None], [], [None], [None], []),
-        padding_values=(EOS_ID, 0, EOS_ID, EOS_ID, 0),
-        drop_remainder=True,
-    )
+    ds = ds.map(decoder_fields, num_parallel_calls=tf.data.AUTOTUNE)
+    padded = dict(PADDED_FIELDS, drop_remainder=True)
     if num_buckets > 1 and src_max_len:
         width = (max(src_max_len, tgt_max_len or src_max_len) + num_buckets - 1) // num_buckets
 
@@ -248,14 +261,5 @@ def eval_dataset(src_path: str, tgt_path: str, src_table, tgt_table, *, batch_si
     import tensorflow as tf
 
     ds = tf.data.Dataset.zip((text_dataset(src_path), text_dataset(tgt_path)))
-
-    def to_ids(src, tgt):
-        s = tf.cast(src_table.lookup(tokenize(src, tokenizer)), tf.int32)
-        t = tf.cast(tgt_table.lookup(tokenize(tgt, tokenizer)), tf.int32)
-        return s, t
-
-    ds = ds.map(to_ids).filter(lambda s, t: tf.logical_and(tf.size(s) > 0, tf.size(t) > 0))
-    ds = ds.map(lambda s, t: (s, tf.size(s), tf.concat([[SOS_ID], t], 0), tf.concat([t, [EOS_ID]], 0), tf.size(t) + 1))
-    return ds.padded_batch(
-        batch_size, padded_shapes=([None], [], [None], [None], []), padding_values=(EOS_ID, 0, EOS_ID, EOS_ID, 0)
-    ).prefetch(2)
+    ds = ds.map(to_ids_fn(src_table, tgt_table, tokenizer)).filter(both_non_empty)
+    return ds.map(decoder_fields).padded_batch(batch_size, **PADDED_FIELDS).prefetch(2)

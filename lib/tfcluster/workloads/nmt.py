@@ -106,10 +106,7 @@ class Config(RunConfig):
     """References for --inference_input_file; prints BLEU."""
 
     def __post_init__(self) -> None:
-        try:
-            self.check_run()
-        except ValueError as e:
-            raise ValueError(str(e)) from None
+        self.check_run()
         if self.num_layers < 1:
             raise ValueError(f"--num_layers must be at least 1, got {self.num_layers}")
         if self.encoder_type == "bi" and self.num_layers % 2:
@@ -653,10 +650,9 @@ class Task:
             def translate(src, src_len):
                 return decode(model, cfg, src, src_len)
 
-            spec = [tf.TensorSpec([None, None], tf.int32), tf.TensorSpec([None], tf.int32)] * 2
-            spec = [spec[0], spec[1], tf.TensorSpec([None, None], tf.int32), tf.TensorSpec([None, None], tf.int32), tf.TensorSpec([None], tf.int32)]
+            ids, lengths = tf.TensorSpec([None, None], tf.int32), tf.TensorSpec([None], tf.int32)
 
-            @tf.function(input_signature=spec)
+            @tf.function(input_signature=[ids, lengths, ids, ids, lengths])
             def dev_loss(src, src_len, tgt_in, tgt_out, tgt_len):
                 return masked_loss_sum(model(src, src_len, tgt_in), tgt_out, tgt_len), tf.reduce_sum(tgt_len)
 
