@@ -248,6 +248,9 @@ class Algorithm(Trainable):
             for key in sorted(z.files, key=lambda s: (s.rsplit("/", 1)[0], int(s.rsplit("/", 1)[1]))):
                 arrays[key.rsplit("/", 1)[0]].append(z[key])
         self.set_state_arrays(dict(arrays))
+        optimizer, lr = getattr(self, "optimizer", None), getattr(self.cfg, "learning_rate", None)
+        if optimizer is not None and lr is not None:  # the config's rate, not the saved one (PBT mutates it)
+            optimizer.learning_rate.assign(lr)
         with open(os.path.join(checkpoint_dir, "state.json")) as f:
             state = json.load(f)
         self.env_steps, self.num_episodes = state["env_steps"], state["num_episodes"]
@@ -405,22 +408,28 @@ def parse_config(config_cls: type, argv: list[str] | None, workload: str, descri
     --hparams_path names one. Precedence: defaults < preset < out_dir/config.json < flags."""
     import argparse
 
-    from tfcluster.rl import preset_path
-
     parser = argparse.ArgumentParser(prog=f"train_{workload}.py", description=description)
     config_mod.add_config_flags(parser, config_cls)
     ns = parser.parse_args(argv)
-    if ns.hparams_path is None:
-        env = getattr(ns, "env", None)
-        saved = os.path.join(getattr(ns, "out_dir", ""), config_mod.CONFIG_FILE) if hasattr(ns, "out_dir") else ""
-        if env is None and saved and os.path.exists(saved):
-            env = config_mod.load_json(saved).get("env")
-        env = env or next(f.default for f in dataclasses.fields(config_cls) if f.name == "env")
-        path = preset_path(workload, env)
-        if os.path.exists(path):
-            ns.hparams_path = path
+    choose_preset(ns, config_cls, workload)
     cfg, _ = config_mod.config_from_args(config_cls, ns)
     return cfg
+
+
+def choose_preset(ns: Any, config_cls: type, workload: str) -> None:
+    """Without --hparams_path, use the preset of the env (--env, else the one saved in out_dir, else the default)."""
+    from tfcluster.rl import preset_path
+
+    if ns.hparams_path is not None:
+        return
+    env = getattr(ns, "env", None)
+    saved = os.path.join(getattr(ns, "out_dir", ""), config_mod.CONFIG_FILE) if hasattr(ns, "out_dir") else ""
+    if env is None and saved and os.path.exists(saved):
+        env = config_mod.load_json(saved).get("env")
+    env = env or next(f.default for f in dataclasses.fields(config_cls) if f.name == "env")
+    path = preset_path(workload, env)
+    if os.path.exists(path):
+        ns.hparams_path = path
 
 
 def evaluate_run(algo_cls: type, cfg: Any) -> dict[str, float]:

@@ -95,6 +95,9 @@ def run_config(cfg: Any, workload: str):
     )
 
 
+CHECKPOINT_KEY = "checkpoint_prefix"  # the chief's checkpoint path in a report, when asked for
+
+
 def train_loop_per_worker(config: dict) -> None:
     """Runs on every Ray Train worker."""
     import ray.train
@@ -107,8 +110,13 @@ def train_loop_per_worker(config: dict) -> None:
     tctx = ray.train.get_context()
     ctx = WorkerContext(rank=tctx.get_world_rank(), world_size=tctx.get_world_size())
 
-    def report(metrics: dict, _ckpt: str | None) -> None:
-        ray.train.report({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
+    forward_ckpt = bool(config.get("report_checkpoint"))  # a sweep trial copies eval checkpoints into Tune
+
+    def report(metrics: dict, ckpt: str | None) -> None:
+        values = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
+        if forward_ckpt and ckpt and ctx.is_chief:
+            values[CHECKPOINT_KEY] = ckpt
+        ray.train.report(values)
 
     run_loop(lambda strategy: wl.Task(cfg, strategy, ctx), cfg, ctx, report)
 

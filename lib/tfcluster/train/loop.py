@@ -49,6 +49,8 @@ class Task(Protocol):
     - `stats(sums, steps, seconds)`: metrics for a stats line from the summed values.
     - `evaluate(step)`: quality metrics (chief only), e.g. {"eval/bleu": 21.3}.
     - `best_metric`: (name, "max"|"min") of the metric whose best checkpoint is kept, or None.
+    - optional `after_restore()`: re-apply settings a checkpoint overwrote (a learning rate
+      held in an optimizer variable, which a PBT trial has just changed).
     """
 
     num_steps: int
@@ -174,6 +176,8 @@ def run_loop(
     if restore_from:
         ckpt.restore(restore_from).expect_partial()
         writer.log(f"# resuming from step {int(step_var.numpy())} ({restore_from})")
+        if hasattr(task, "after_restore"):
+            task.after_restore()
     start = int(step_var.numpy())
     if start >= task.num_steps:
         writer.log(f"# already trained to step {start} >= num_train_steps {task.num_steps}; nothing to do")

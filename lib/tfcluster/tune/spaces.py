@@ -41,10 +41,36 @@ def dcgan_space(base: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-SPACES = {"nmt": nmt_space, "dcgan": dcgan_space}
-DEFAULT_METRIC = {"nmt": ("eval/bleu", "max"), "dcgan": ("eval/swd", "min")}
+def pg_space(base: dict[str, Any]) -> dict[str, Any]:
+    """REINFORCE's knobs: Adam learning rate, hidden units, episodes per update, discount."""
+    return {
+        "learning_rate": {"loguniform": [1e-3, 5e-2]},
+        "hidden_units": {"choice": [8, 10, 16, 32]},
+        "batch_episodes": {"choice": [1, 2, 5, 10]},
+        "discount": {"uniform": [0.95, 0.999]},
+    }
+
+
+def dqn_space(base: dict[str, Any]) -> dict[str, Any]:
+    """DQN's knobs: learning rate (log scale around the optimizer's usual value), batch size,
+    target-network period, exploration decay, discount, double Q."""
+    adam = base.get("optimizer", "rmsprop") == "adam"
+    steps = int(base.get("t_train_max", 0)) or 100_000
+    return {
+        "learning_rate": {"loguniform": [1e-4, 5e-3] if adam else [5e-5, 1e-3]},
+        "batch_size": {"choice": [32, 64, 128]},
+        "t_target_q_update_freq": {"choice": [256, 1000, 4000] if steps <= 1_000_000 else [2500, 10_000, 20_000]},
+        "t_ep_end": {"choice": sorted({max(1, steps // 20), max(1, steps // 10), max(1, steps // 4)})},
+        "discount": {"uniform": [0.95, 0.999]},
+        "double_q": {"choice": [False, True]},
+    }
+
+
+SPACES = {"nmt": nmt_space, "dcgan": dcgan_space, "pg": pg_space, "dqn": dqn_space}
+RL_METRIC = ("env_runners/episode_return_mean", "max")
+DEFAULT_METRIC = {"nmt": ("eval/bleu", "max"), "dcgan": ("eval/swd", "min"), "pg": RL_METRIC, "dqn": RL_METRIC}
 # Float knobs PBT may perturb between checkpoints (shapes must not change).
-MUTABLE = {"learning_rate", "dropout", "beta1"}
+MUTABLE = {"learning_rate", "dropout", "beta1", "discount"}
 
 
 def load_overrides(path: str) -> dict[str, Any]:
@@ -97,6 +123,15 @@ def to_tune(spec: Any):
     if kind not in makers:
         raise UserError(f"search space: unknown distribution {kind!r}; one of: {', '.join(makers)}")
     return makers[kind](*args)
+
+
+def bounds(spec: Any) -> tuple[float, float] | None:
+    """(low, high) of a continuous spec, else None."""
+    if isinstance(spec, dict) and len(spec) == 1:
+        (kind, args), = spec.items()
+        if kind in ("loguniform", "uniform", "quniform"):
+            return float(args[0]), float(args[1])
+    return None
 
 
 def tune_space(space: dict[str, Any]) -> dict[str, Any]:

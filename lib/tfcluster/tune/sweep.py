@@ -1,10 +1,15 @@
-"""Ray Tune sweeps over a workload's hyperparameters, running the train jobs' own loop.
+"""Ray Tune sweeps over a workload's hyperparameters, running the train jobs' own code.
 
-Each trial is a function trainable that calls `tfcluster.train.loop.run_loop` (the loop
-`jobs/train_<workload>.py` runs) on one worker, in its own out_dir under the trial
-folder, and reports the eval metric with a checkpoint at every eval point, so ASHA can
-stop bad trials early and PBT can exploit from another trial's checkpoint. The sweep
-adds only the search space (`tfcluster.tune.spaces`).
+NMT and DCGAN: each trial is a function trainable that calls `tfcluster.train.loop.run_loop`
+(the loop `jobs/train_<workload>.py` runs) in its own out_dir under the trial folder, on
+one worker or, with `--workers_per_trial N`, as a Ray Train run of N workers started from
+the trial. It reports the eval metric with a checkpoint at every eval point, so ASHA can
+stop bad trials early and PBT can exploit from another trial's checkpoint.
+
+DQN and policy gradient: the algorithm (`tfcluster.rl.Algorithm`, a `ray.tune.Trainable`)
+is the trial; each training iteration is one result, checkpointed every iteration.
+
+The sweep adds only the search space (`tfcluster.tune.spaces`).
 """
 
 from __future__ import annotations
@@ -12,11 +17,13 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
+import functools
 import json
 import math
 import os
 import shutil
 import tempfile
+import threading
 import time
 from typing import Any
 
@@ -26,7 +33,7 @@ from tfcluster.tune import spaces
 
 SHARED_DIR = "prepared"  # driver-side prepare() output (e.g. vocabularies), copied into each trial
 RUN_DIR = "run"  # the trial's out_dir inside its Tune trial folder
-SWEEP_FIELDS = ("num_workers", "out_dir", "model_base_path", "address")
+DRIVER_MEMORY = 512 * 1024**2  # what a multi-worker trial's own process reserves (it holds no CPU)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -69,9 +76,11 @@ def add_sweep_flags(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--storage_path", default="runs/sweeps", help="where experiments go (default: runs/sweeps)")
     g.add_argument("--name", default="", help="experiment name (default: <workload>-<time>); --resume needs it")
     g.add_argument("--resume", action="store_true", help="continue the interrupted experiment storage_path/name")
-    g.add_argument("--cpus_per_trial", type=float, default=1.0, help="CPUs per trial (default: 1)")
+    g.add_argument("--cpus_per_trial", type=float, default=1.0,
+                   help="CPUs per trial, for its learner or workers; RL env runners add --num_cpus_per_env_runner each (default: 1)")
     g.add_argument("--gpus_per_trial", type=float, default=0.0, help="GPUs per trial, fractions allowed (default: 0)")
-    g.add_argument("--workers_per_trial", type=int, default=1, help="training workers per trial (only 1 for now)")
+    g.add_argument("--workers_per_trial", type=int, default=1,
+                   help="Ray Train workers per trial (NMT, DCGAN); they share --cpus_per_trial and --gpus_per_trial (default: 1)")
     g.add_argument("--export_best", action="store_true", help="export the best trial to --model_base_path")
     g.add_argument("--search_space", default="", help="JSON/YAML file of field -> spec overriding the default space")
 
@@ -86,6 +95,10 @@ def parse(workload: str, argv: list[str] | None = None) -> tuple[SweepConfig, An
     add_sweep_flags(parser)
     config_mod.add_config_flags(parser, wl.Config)
     ns = parser.parse_args(argv)
+    if is_rl(wl):  # the env's preset (CartPole or Atari values), as train_<workload>.py does
+        from tfcluster.rl.algorithm import choose_preset
+
+        choose_preset(ns, wl.Config, workload)
     sweep_names = {f.name for f in dataclasses.fields(SweepConfig)} - {"workload", "seed"}
     sc = SweepConfig(workload=workload, **{k: v for k, v in vars(ns).items() if k in sweep_names},
                      seed=getattr(ns, "seed", 0))
@@ -95,6 +108,24 @@ def parse(workload: str, argv: list[str] | None = None) -> tuple[SweepConfig, An
 
 def _abs(path: str) -> str:
     return path if "://" in path else os.path.abspath(os.path.expanduser(path))
+
+
+def is_rl(wl) -> bool:
+    """DQN and PG: the workload's algorithm is itself the Tune trainable."""
+    return hasattr(wl, "ALGORITHM")
+
+
+def _limit_threads(cpus: float) -> None:
+    """One trial's TensorFlow uses the CPUs Tune gave it, not every core of the node."""
+    n = max(1, int(cpus))
+    os.environ.setdefault("OMP_NUM_THREADS", str(n))
+    import tensorflow as tf
+
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(n)
+        tf.config.threading.set_inter_op_parallelism_threads(n)
+    except RuntimeError:  # already initialized in this process
+        pass
 
 
 # ---------------------------------------------------------------------------- the trial
@@ -111,24 +142,21 @@ def _restore_into(checkpoint, out_dir: str) -> None:
         shutil.copytree(src, dest)
 
 
-def trainable(config: dict, *, workload: str, base: dict, shared_dir: str, cpus: float) -> None:
+def trainable(config: dict, *, workload: str, base: dict, shared_dir: str, cpus: float, gpus: float = 0.0,
+              workers: int = 1) -> None:
     """One trial: the base Config with this trial's sampled values, trained by the shared loop."""
     import ray.tune as tune
     from tfcluster import workloads
     from tfcluster.train.loop import WorkerContext, _copy_checkpoint, run_loop
 
-    n = max(1, int(cpus))
-    os.environ.setdefault("OMP_NUM_THREADS", str(n))
-    import tensorflow as tf
-
-    try:
-        tf.config.threading.set_intra_op_parallelism_threads(n)
-        tf.config.threading.set_inter_op_parallelism_threads(n)
-    except RuntimeError:
-        pass
+    if workers == 1:
+        _limit_threads(cpus)
     wl = workloads.get(workload)
     out_dir = os.path.join(tune.get_context().get_trial_dir(), RUN_DIR)
-    cfg = config_mod.build(wl.Config, {**base, **config, "out_dir": out_dir, "model_base_path": ""}, "trial config")
+    values = {**base, **config, "out_dir": out_dir, "model_base_path": ""}
+    if workers > 1:
+        values.update(num_workers=workers, cpus_per_worker=cpus / workers, use_gpu=gpus > 0)
+    cfg = config_mod.build(wl.Config, values, "trial config")
     os.makedirs(out_dir, exist_ok=True)
     for name in os.listdir(shared_dir):  # prepared files (vocabularies, image index)
         src, dst = os.path.join(shared_dir, name), os.path.join(out_dir, name)
@@ -149,7 +177,114 @@ def trainable(config: dict, *, workload: str, base: dict, shared_dir: str, cpus:
             _copy_checkpoint(ckpt_path, tmp)
             tune.report(values, checkpoint=tune.Checkpoint.from_directory(tmp))
 
-    run_loop(lambda strategy: wl.Task(cfg, strategy, WorkerContext()), cfg, WorkerContext(), report)
+    if workers > 1:
+        _train_workers(workload, cfg, gpus / workers, report)
+    else:
+        run_loop(lambda strategy: wl.Task(cfg, strategy, WorkerContext()), cfg, WorkerContext(), report)
+
+
+def _train_workers(workload: str, cfg: Any, gpus_per_worker: float, report) -> None:
+    """Train the trial as a Ray Train run (the train jobs' driver code) and relay each of the
+    chief's eval reports, with its checkpoint, to Tune from this trial's process.
+
+    Ray Train's own TuneReportCallback relays metrics only; the checkpoint is what lets PBT
+    exploit and `--resume` continue a multi-worker trial. A trial stopped by the scheduler
+    ends its actor, and the Train run it owns ends with it.
+    """
+    from ray.train import FailureConfig, RunConfig, ScalingConfig
+    from ray.train.tensorflow import TensorflowTrainer
+    from ray.train.v2.api.callback import UserCallback
+    from ray.util.queue import Empty, Queue
+    from tfcluster.train import driver
+
+    queue: Queue = Queue(actor_options={"num_cpus": 0})
+
+    class Relay(UserCallback):  # runs in the Train controller
+        def __init__(self, q):
+            self.q = q
+
+        def after_report(self, run_context, metrics, checkpoint):
+            self.q.put(dict(metrics[0]))
+
+    per_worker = {"CPU": cfg.cpus_per_worker, **({"GPU": gpus_per_worker} if gpus_per_worker else {})}
+    trainer = TensorflowTrainer(
+        train_loop_per_worker=driver.train_loop_per_worker,
+        train_loop_config={"workload": workload, "config": config_mod.to_dict(cfg), "report_checkpoint": True},
+        scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=gpus_per_worker > 0,
+                                     resources_per_worker=per_worker),
+        run_config=RunConfig(name=f"train-{time.strftime('%Y%m%d-%H%M%S')}",
+                             storage_path=os.path.join(os.path.dirname(cfg.out_dir), "ray"),
+                             failure_config=FailureConfig(max_failures=cfg.max_failures),
+                             callbacks=[Relay(queue)]),
+    )
+    outcome: dict[str, Any] = {}
+
+    def fit() -> None:
+        try:
+            outcome["result"] = trainer.fit()
+        except BaseException as e:  # noqa: BLE001 - re-raised in the trial's thread
+            outcome["error"] = e
+
+    thread = threading.Thread(target=fit, name="ray-train-fit", daemon=True)
+    thread.start()
+    while True:
+        try:
+            item = queue.get(timeout=1.0)
+        except Empty:
+            if not thread.is_alive():
+                break
+            continue
+        ckpt = item.pop(driver.CHECKPOINT_KEY, None)
+        report(item, ckpt)
+    thread.join()
+    if "error" in outcome:
+        raise outcome["error"]
+    result = outcome.get("result")
+    if result is not None and result.error is not None:
+        raise RuntimeError(f"trial training failed: {result.error}")
+
+
+FINISHED = "finished"  # an RL result's flag: the trial reached its budget or solved the env
+
+
+def rl_trainable(algo_cls: type, base: dict[str, Any], metric: str, mode: str, cpus: float) -> type:
+    """The workload's Algorithm as a trial: the base settings with the sampled ones, its out_dir
+    in the trial folder with config.json and the best checkpoint by the sweep's metric in
+    out_dir/best (what --export_best exports)."""
+    from tfcluster.rl.algorithm import BEST_DIR
+
+    class Trial(algo_cls):
+        def setup(self, config: dict) -> None:
+            _limit_threads(cpus)
+            trial_dir = self._storage.trial_fs_path if self._storage else self.logdir
+            out_dir = os.path.join(trial_dir, RUN_DIR)
+            super().setup({**base, **config, "out_dir": out_dir, "model_base_path": ""})
+            os.makedirs(out_dir, exist_ok=True)
+            config_mod.save(self.cfg)
+            self.sweep_best: float | None = None
+
+        def step(self) -> dict[str, Any]:
+            result = super().step()
+            result["step"] = self.env_steps
+            result[FINISHED] = bool(result.get("done"))
+            value = result.get(metric)
+            if isinstance(value, (int, float)) and value == value and (
+                    self.sweep_best is None or (value > self.sweep_best if mode == "max" else value < self.sweep_best)):
+                self.sweep_best = float(value)
+                best_dir = os.path.join(self.cfg.out_dir, BEST_DIR)
+                os.makedirs(best_dir, exist_ok=True)
+                self.save_checkpoint(best_dir)
+            return result
+
+        def extra_state(self) -> dict:
+            return {**super().extra_state(), "sweep_best": self.sweep_best}
+
+        def load_extra_state(self, state: dict) -> None:
+            super().load_extra_state(state)
+            self.sweep_best = state.get("sweep_best")
+
+    Trial.__name__ = Trial.__qualname__ = algo_cls.__name__
+    return Trial
 
 
 # ---------------------------------------------------------------------------- the driver
@@ -164,10 +299,20 @@ def _scheduler(sc: SweepConfig, space: dict[str, Any], max_t: int):
     if sc.scheduler == "pbt":
         mutations = {k: spaces.to_tune(v) for k, v in space.items() if k in spaces.MUTABLE and isinstance(v, dict)}
         if not mutations:
-            raise UserError("--scheduler pbt needs a float knob to perturb (learning_rate, dropout, beta1) left unfixed")
+            raise UserError("--scheduler pbt needs a float knob to perturb (learning_rate, dropout, beta1, discount) left unfixed")
+        bounds = {k: spaces.bounds(space[k]) for k in mutations}
         return PopulationBasedTraining(time_attr="training_iteration", perturbation_interval=1,
-                                       hyperparam_mutations=mutations)
+                                       hyperparam_mutations=mutations,
+                                       custom_explore_fn=functools.partial(_clip, bounds=bounds))
     return FIFOScheduler()
+
+
+def _clip(config: dict, *, bounds: dict[str, tuple[float, float] | None]) -> dict:
+    """PBT scales a value by 0.8 or 1.2 with no regard for its range: keep it inside the space."""
+    for k, b in bounds.items():
+        if b is not None and isinstance(config.get(k), (int, float)):
+            config[k] = min(max(config[k], b[0]), b[1])
+    return config
 
 
 def _search_alg(sc: SweepConfig):
@@ -177,7 +322,9 @@ def _search_alg(sc: SweepConfig):
         from ray.tune.search.optuna import OptunaSearch
 
         return OptunaSearch(seed=sc.seed)
-    return None
+    from ray.tune.search.basic_variant import BasicVariantGenerator
+
+    return BasicVariantGenerator(random_state=sc.seed)  # --seed fixes the sampled configs too
 
 
 def _total_steps(wl, base: dict[str, Any], shared_dir: str) -> int:
@@ -218,7 +365,8 @@ def summarize(grid, sc: SweepConfig, metric: str, mode: str, exp_dir: str, sampl
         best = (max(vals) if mode == "max" else min(vals)) if vals else float("nan")
         last_step = int((result.metrics or {}).get("step", 0))
         planned = total_steps(cfg) if total_steps else 0
-        status = "ERROR" if result.error else ("DONE" if last_step >= planned else "STOPPED")
+        finished = bool((result.metrics or {}).get(FINISHED)) or (planned > 0 and last_step >= planned)
+        status = "ERROR" if result.error else ("DONE" if finished else "STOPPED")
         rows.append({"trial": trial_id, "status": status, "iterations": len(its),
                      "step": last_step, metric: best,
                      f"last_{metric}": vals[-1] if vals else float("nan"),
@@ -261,7 +409,7 @@ def plot(series: dict[str, tuple[list[int], list[float]]], metric: str, path: st
     ax.set_xlabel("training iteration (eval reports)")
     ax.set_ylabel(metric)
     ax.set_title(f"{metric} per trial")
-    if series:
+    if any(its for its, _ in series.values()):
         ax.legend(fontsize="small", ncol=2)
     ax.grid(alpha=0.3)
     fig.tight_layout()
@@ -285,26 +433,51 @@ def print_table(rows: list[dict[str, Any]], metric: str, sampled: list[str]) -> 
         print("  ".join(x.ljust(w) for x, w in zip(t, widths)), flush=True)
 
 
+def _check(sc: SweepConfig, cfg: Any, wl) -> None:
+    if sc.num_samples < 1:
+        raise UserError(f"--num_samples must be at least 1, got {sc.num_samples}")
+    if sc.workers_per_trial < 1:
+        raise UserError(f"--workers_per_trial must be at least 1, got {sc.workers_per_trial}")
+    if sc.workers_per_trial > 1 and is_rl(wl):
+        raise UserError(f"--workers_per_trial is for NMT and DCGAN; {sc.workload} trials scale with --num_env_runners")
+    if sc.cpus_per_trial <= 0 or sc.gpus_per_trial < 0:
+        raise UserError("--cpus_per_trial must be positive and --gpus_per_trial 0 or more")
+    if sc.workers_per_trial > 1 and sc.cpus_per_trial < sc.workers_per_trial:
+        raise UserError(f"--workers_per_trial {sc.workers_per_trial} needs --cpus_per_trial of at least "
+                        f"{sc.workers_per_trial} (one CPU per worker), got {sc.cpus_per_trial:g}")
+    if sc.export_best and not cfg.model_base_path:
+        raise UserError("--export_best needs --model_base_path")
+    if sc.resume and not sc.name:
+        raise UserError("--resume needs --name of the experiment to continue")
+
+
+def _check_cluster(sc: SweepConfig, cfg: Any) -> int:
+    """One line when no trial can ever fit; returns how many trials fit at once (CPU-wise)."""
+    import ray
+
+    res = ray.cluster_resources()
+    need = sc.cpus_per_trial + getattr(cfg, "num_env_runners", 0) * getattr(cfg, "num_cpus_per_env_runner", 0)
+    if res.get("CPU", 0) < need:
+        raise UserError(f"a trial needs {need:g} CPUs (--cpus_per_trial, env runners), "
+                        f"the Ray cluster has {res.get('CPU', 0):g}; lower --cpus_per_trial")
+    if sc.gpus_per_trial and res.get("GPU", 0) < sc.gpus_per_trial:
+        raise UserError(f"--gpus_per_trial {sc.gpus_per_trial:g} needs GPUs, the Ray cluster has {res.get('GPU', 0):g}")
+    return max(1, int(res.get("CPU", 0) // need))
+
+
 def run(sc: SweepConfig, cfg: Any, explicit: dict[str, Any]) -> dict[str, Any]:
     """Run (or resume) the sweep; returns {"best": row, "export_path": ..., "experiment": dir}."""
-    import ray
     from ray import tune
     from tfcluster import workloads
     from tfcluster.train.driver import init_ray
 
     wl = workloads.get(sc.workload)
-    if sc.workers_per_trial != 1:
-        raise UserError("--workers_per_trial above 1 is not supported yet; run one worker per trial")
-    if sc.num_samples < 1:
-        raise UserError(f"--num_samples must be at least 1, got {sc.num_samples}")
-    if sc.export_best and not cfg.model_base_path:
-        raise UserError("--export_best needs --model_base_path")
+    _check(sc, cfg, wl)
+    rl = is_rl(wl)
     metric, mode = spaces.DEFAULT_METRIC.get(sc.workload, ("", ""))
     metric, mode = sc.metric or metric, sc.mode or mode
     if not metric or not mode:
         raise UserError("--metric and --mode are required for this workload")
-    if sc.resume and not sc.name:
-        raise UserError("--resume needs --name of the experiment to continue")
     name = sc.name or f"{sc.workload}-{time.strftime('%Y%m%d-%H%M%S')}"
     storage = _abs(sc.storage_path)
     exp_dir = os.path.join(storage, name)
@@ -322,29 +495,58 @@ def run(sc: SweepConfig, cfg: Any, explicit: dict[str, Any]) -> dict[str, Any]:
     if hasattr(wl, "prepare"):  # validate flags and build shared files once, before any trial
         prepared = wl.prepare(config_mod.build(wl.Config, {**base, "out_dir": shared}))
         base.update({k: v for k, v in config_mod.to_dict(prepared).items() if k != "out_dir"})
-    steps = _total_steps(wl, base, shared)
-    if steps and "steps_per_external_eval" not in explicit and "steps_per_external_eval" in base:
-        base["steps_per_external_eval"] = max(1, math.ceil(steps / max(1, sc.evals_per_trial)))
-        if "steps_per_stats" not in explicit:
-            base["steps_per_stats"] = min(base["steps_per_stats"], base["steps_per_external_eval"])
-    eval_every = base.get("steps_per_external_eval") or 10 * base.get("steps_per_stats", 100)
-    max_t = math.ceil(steps / eval_every) if steps else 1000
-    batches = (space.get("batch_size") or {}).get("choice") if isinstance(space.get("batch_size"), dict) else None
-    if steps and batches and not base.get("num_train_steps"):  # epochs: smaller batches make more steps
-        max_t = math.ceil(max_t * base["batch_size"] / min(batches))
+    if rl:
+        max_t = _rl_max_iterations(wl, base, space)
 
-    def total_steps(config: dict) -> int:
-        return _total_steps(wl, {**base, **config}, shared)
+        def total_steps(config: dict) -> int:
+            return 0  # RL trials end by their own `done` (solved or out of budget)
+    else:
+        steps = _total_steps(wl, base, shared)
+        if steps and "steps_per_external_eval" not in explicit and "steps_per_external_eval" in base:
+            base["steps_per_external_eval"] = max(1, math.ceil(steps / max(1, sc.evals_per_trial)))
+            if "steps_per_stats" not in explicit:
+                base["steps_per_stats"] = min(base["steps_per_stats"], base["steps_per_external_eval"])
+        eval_every = base.get("steps_per_external_eval") or 10 * base.get("steps_per_stats", 100)
+        max_t = math.ceil(steps / eval_every) if steps else 1000
+        batches = (space.get("batch_size") or {}).get("choice") if isinstance(space.get("batch_size"), dict) else None
+        if steps and batches and not base.get("num_train_steps"):  # epochs: smaller batches make more steps
+            max_t = math.ceil(max_t * base["batch_size"] / min(batches))
+
+        def total_steps(config: dict) -> int:
+            return _total_steps(wl, {**base, **config}, shared)
     base["model_base_path"] = ""
+    base["address"] = ""
     print(f"# sweep {sc.workload}: {sc.num_samples} trials, {sc.scheduler}/{sc.search}, {metric} ({mode}) in {exp_dir}",
           flush=True)
     print("# search space\n" + "\n".join(f"  {k}: {json.dumps(v)}" for k, v in sorted(space.items())), flush=True)
 
     init_ray(cfg.address)
-    fn = tune.with_parameters(trainable, workload=sc.workload, base=base, shared_dir=shared, cpus=sc.cpus_per_trial)
-    fn = tune.with_resources(fn, {"cpu": sc.cpus_per_trial, "gpu": sc.gpus_per_trial})
-    run_cfg = tune.RunConfig(name=name, storage_path=storage, verbose=1,
-                             checkpoint_config=tune.CheckpointConfig(num_to_keep=4 if sc.scheduler == "pbt" else 2))
+    fits = _check_cluster(sc, cfg)
+    max_concurrent = sc.max_concurrent_trials or None
+    if rl:
+        from ray.tune import PlacementGroupFactory
+
+        learner = {"CPU": sc.cpus_per_trial, **({"GPU": sc.gpus_per_trial} if sc.gpus_per_trial else {})}
+        runners = [{"CPU": base["num_cpus_per_env_runner"]}] * int(base.get("num_env_runners", 0))
+        if sc.gpus_per_trial:
+            base["use_gpu"] = True
+        fn = tune.with_resources(rl_trainable(wl.ALGORITHM, base, metric, mode, sc.cpus_per_trial),
+                                 PlacementGroupFactory([learner, *runners]))
+        param_space = spaces.tune_space(space)
+        checkpoints = tune.CheckpointConfig(num_to_keep=4 if sc.scheduler == "pbt" else 2, checkpoint_frequency=1,
+                                            checkpoint_at_end=True)
+    else:
+        workers = sc.workers_per_trial
+        fn = tune.with_parameters(trainable, workload=sc.workload, base=base, shared_dir=shared,
+                                  cpus=sc.cpus_per_trial, gpus=sc.gpus_per_trial, workers=workers)
+        if workers > 1:  # the trial only drives its Ray Train run: a little memory, no CPU (the workers hold those)
+            fn = tune.with_resources(fn, {"cpu": 0, "memory": DRIVER_MEMORY})
+            max_concurrent = max_concurrent or fits
+        else:
+            fn = tune.with_resources(fn, {"cpu": sc.cpus_per_trial, "gpu": sc.gpus_per_trial})
+        param_space = spaces.tune_space(space)
+        checkpoints = tune.CheckpointConfig(num_to_keep=4 if sc.scheduler == "pbt" else 2)
+    run_cfg = tune.RunConfig(name=name, storage_path=storage, verbose=1, checkpoint_config=checkpoints)
     if sc.resume and tune.Tuner.can_restore(exp_dir):
         print(f"# resuming {exp_dir}", flush=True)
         tuner = tune.Tuner.restore(exp_dir, trainable=fn, resume_unfinished=True, resume_errored=True)
@@ -353,11 +555,11 @@ def run(sc: SweepConfig, cfg: Any, explicit: dict[str, Any]) -> dict[str, Any]:
             print(f"# nothing to resume in {exp_dir}; starting it", flush=True)
         tuner = tune.Tuner(
             fn,
-            param_space=spaces.tune_space(space),
+            param_space=param_space,
             tune_config=tune.TuneConfig(
                 metric=metric, mode=mode, num_samples=sc.num_samples,
                 scheduler=_scheduler(sc, space, max_t), search_alg=_search_alg(sc),
-                max_concurrent_trials=sc.max_concurrent_trials or None,
+                max_concurrent_trials=max_concurrent,
                 time_budget_s=sc.time_budget_s or None, trial_dirname_creator=_trial_dirname,
             ),
             run_config=run_cfg,
@@ -373,8 +575,17 @@ def run(sc: SweepConfig, cfg: Any, explicit: dict[str, Any]) -> dict[str, Any]:
         path = wl.export_checkpoint(best_cfg, which="best")
         print(f"# exported {path}", flush=True)
         out["export_path"] = path
-    del ray
     return out
+
+
+def _rl_max_iterations(wl, base: dict[str, Any], space: dict[str, Any]) -> int:
+    """ASHA's max_t for RL trials: the iterations of the longest budget the space can sample."""
+    values = dict(base)
+    for k, spec in space.items():  # the smallest episodes per update gives the most iterations
+        if isinstance(spec, dict) and "choice" in spec and all(isinstance(v, int) for v in spec["choice"]):
+            if k == "batch_episodes":
+                values[k] = min(spec["choice"])
+    return max(1, config_mod.build(wl.Config, values, "sweep config").max_iterations)
 
 
 def main(workload: str, argv: list[str] | None = None) -> int:

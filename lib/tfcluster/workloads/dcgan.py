@@ -380,6 +380,11 @@ class Task:
         return {"generator": self.generator, "discriminator": self.discriminator,
                 "g_optimizer": self.g_opt, "d_optimizer": self.d_opt}
 
+    def after_restore(self) -> None:
+        """Adam keeps its rate in a checkpointed variable: the config's rate wins (PBT changes it)."""
+        for opt in (self.g_opt, self.d_opt):
+            opt.learning_rate.assign(self.cfg.learning_rate)
+
     def dataset(self, input_context):
         """This pipeline's shard, per-replica batches with their z: (images [b, H, W, C], z [b, z_dim])."""
         import tensorflow as tf

@@ -142,6 +142,11 @@ class Config(RLConfig):
                 raise ValueError(msg)
 
     @property
+    def max_iterations(self) -> int:
+        """Training iterations (results) the env-step budget allows."""
+        return -(-self.t_train_max // self.steps_per_stats)
+
+    @property
     def env_config(self) -> dict[str, Any]:
         """Wrapper settings (used by Atari games, ignored by CartPole)."""
         return {"observation_dims": parse_dims(self.observation_dims), "history_length": self.history_length,
@@ -413,6 +418,9 @@ class DQNConfig(AlgorithmConfig):
 
     config_cls = Config
     algo_cls = DQN
+
+
+ALGORITHM = DQN  # the Ray Tune trainable a sweep runs
 
 
 # ------------------------------------------------------------------------------------- export

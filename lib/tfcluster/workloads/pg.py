@@ -67,6 +67,11 @@ class Config(RLConfig):
         if self.total_episodes < self.batch_episodes:
             raise ValueError("--total_episodes must be at least --batch_episodes")
 
+    @property
+    def max_iterations(self) -> int:
+        """Training iterations (results) the episode budget allows."""
+        return -(-self.total_episodes // (self.batch_episodes * self.steps_per_stats))
+
 
 # --------------------------------------------------------------------------------------- math
 def discounted_returns(rewards: np.ndarray, discount: float) -> np.ndarray:
@@ -254,6 +259,9 @@ class PGConfig(AlgorithmConfig):
 
     config_cls = Config
     algo_cls = PG
+
+
+ALGORITHM = PG  # the Ray Tune trainable a sweep runs
 
 
 # ------------------------------------------------------------------------------------- export
