@@ -43,6 +43,20 @@ def test_save_restore_round_trip(algo, tmp_path):
         np.testing.assert_array_equal(a, b)
 
 
+def test_restore_keeps_the_configured_learning_rate(algo, tmp_path):
+    """A PBT trial restores another trial's checkpoint with its own, perturbed rate."""
+    algo.save(str(tmp_path))
+    other = PGConfig().environment("CartPole-v0").training(learning_rate=0.05).build()
+    try:
+        other.restore(str(tmp_path))
+        assert float(other.optimizer.learning_rate.numpy()) == pytest.approx(0.05)
+        assert int(other.optimizer.iterations.numpy()) == int(algo.optimizer.iterations.numpy()) > 0
+        for a, b in zip(algo.policy_weights(), other.policy_weights()):
+            np.testing.assert_array_equal(a, b)
+    finally:
+        other.stop()
+
+
 def test_export_reload_same_actions_and_shape_error(algo, tmp_path):
     path = pg.export(algo.policy_weights(), algo.cfg, str(tmp_path))
     assert path.endswith("/pg/1")

@@ -34,3 +34,18 @@ def test_specs_become_tune_domains():
     assert spaces.to_tune(3) == 3
     with pytest.raises(UserError, match="unknown distribution"):
         spaces.to_tune({"gaussian": [0, 1]})
+
+
+def test_rl_spaces_and_pbt_stays_inside_the_space():
+    from tfcluster.tune.sweep import _clip
+
+    pg = spaces.search_space("pg", {}, {"hidden_units"})
+    assert "hidden_units" not in pg and pg["learning_rate"] == {"loguniform": [1e-3, 5e-2]}
+    dqn = spaces.search_space("dqn", {"optimizer": "adam", "t_train_max": 100_000}, set())
+    assert dqn["t_ep_end"] == {"choice": [5000, 10_000, 25_000]} and dqn["learning_rate"]["loguniform"][0] == 1e-4
+    assert spaces.DEFAULT_METRIC["pg"] == ("env_runners/episode_return_mean", "max")
+    assert spaces.bounds({"uniform": [0.95, 0.999]}) == (0.95, 0.999) and spaces.bounds({"choice": [1, 2]}) is None
+    # PBT multiplies by 1.2 or 0.8; the explored value is clipped back into the range
+    explored = _clip({"discount": 0.999 * 1.2, "learning_rate": 1e-4, "hidden_units": 8},
+                     bounds={"discount": (0.95, 0.999), "learning_rate": (1e-3, 5e-2)})
+    assert explored == {"discount": 0.999, "learning_rate": 1e-3, "hidden_units": 8}

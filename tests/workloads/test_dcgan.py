@@ -137,7 +137,7 @@ def trained(tmp_path_factory):
         tasks.append(dcgan.Task(cfg, strategy))
         return tasks[-1]
 
-    half = dataclasses_replace(cfg, epoch=4)
+    half = dataclasses_replace(cfg, epoch=4, learning_rate=0.002)
     run_loop(lambda s: dcgan.Task(half, s), half)  # a first run stops after 4 epochs ...
     first = read_metrics(cfg.out_dir)
     run_loop(make, cfg)  # ... the rerun resumes from its checkpoint
@@ -173,10 +173,13 @@ def test_training_logs_and_losses_behave(trained):
 
 
 def test_rerun_resumes(trained):
-    cfg, _, first, records = trained
+    cfg, task, first, records = trained
     assert max(r["step"] for r in first) == 24
     later = records[len(first):]
     assert later and min(r["step"] for r in later) > 24 and max(r["step"] for r in later) == 48
+    # the checkpoint held the first run's Adam rate; the rerun's config wins (what PBT relies on)
+    for opt in (task.g_opt, task.d_opt):
+        assert float(opt.learning_rate.numpy()) == pytest.approx(cfg.learning_rate)
 
 
 def test_sample_grids_are_written_per_epoch_and_step(trained):
