@@ -46,6 +46,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/dcgan_train.py
 	$(BIN)/python bench/serving.py
 	$(BIN)/python bench/rl.py --what all
+	$(BIN)/python bench/sweep.py --data $(DATA)/multi30k
 
 clean:
 	rm -rf runs models demo .pytest_cache

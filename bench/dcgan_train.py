@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
 import platform
 import statistics
@@ -31,6 +30,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "lib"))
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from report import emit  # noqa: E402  (bench/report.py, beside this file)
 
 import numpy as np  # noqa: E402
 
@@ -185,12 +185,7 @@ def main(argv=None) -> int:
         "tensorflow": tf.__version__,
         "python": platform.python_version(),
     }
-    text = json.dumps(result, indent=2)
-    print(text)
-    if a.out:
-        os.makedirs(os.path.dirname(a.out) or ".", exist_ok=True)
-        with open(a.out, "w") as f:
-            f.write(text + "\n")
+    emit(result, a.out)
     return 0
 
 

@@ -13,7 +13,6 @@ Without --data a synthetic corpus of the same shape is used. Prints JSON.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
@@ -22,6 +21,7 @@ import time
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "lib"))
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from report import emit  # noqa: E402  (bench/report.py, beside this file)
 
 import numpy as np  # noqa: E402
 
@@ -139,12 +139,7 @@ def main() -> None:
                         "src_vocab": vs, "tgt_vocab": vt, "steps": a.steps, "warmup": a.warmup,
                         "mean_tgt_tokens_per_batch": float(np.mean([b[4].sum() for b in data])),
                         "cpus": os.cpu_count(), "load_avg_1m": os.getloadavg()[0]}
-    out = json.dumps(results, indent=2)
-    print(out)
-    if a.out:
-        os.makedirs(os.path.dirname(a.out) or ".", exist_ok=True)
-        with open(a.out, "w") as f:
-            f.write(out + "\n")
+    emit(results, a.out)
 
 
 if __name__ == "__main__":

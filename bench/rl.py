@@ -13,7 +13,6 @@ train on the very same `tfcluster/CartPole-v1` env in the same run, for comparis
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -22,6 +21,7 @@ import time
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "lib"))
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from report import emit  # noqa: E402  (bench/report.py, beside this file)
 
 
 def train_until_done(algo, max_seconds: float) -> dict:
@@ -140,11 +140,7 @@ def main() -> None:
     if a.what in ("breakout", "all"):
         results["breakout"] = bench_breakout(a.breakout_steps)
     results["machine"] = {"cpus": os.cpu_count()}
-    text = json.dumps(results, indent=2)
-    print(text)
-    os.makedirs(os.path.dirname(a.out), exist_ok=True)
-    with open(a.out, "w") as f:
-        f.write(text + "\n")
+    emit(results, a.out)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,6 @@ nmt model is tfcluster.serving.tiny's string stand-in.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import shutil
@@ -30,6 +29,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "lib"))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from report import emit  # noqa: E402  (bench/report.py, beside this file)
 
 import numpy as np  # noqa: E402
 
@@ -145,12 +145,7 @@ def main() -> int:
         }
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    text = json.dumps(report, indent=2)
-    print(text)
-    if a.out:
-        os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
-        with open(a.out, "w") as f:
-            f.write(text + "\n")
+    emit(report, a.out)
     return 0
 
 

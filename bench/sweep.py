@@ -24,6 +24,7 @@ import time
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "lib"))
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from report import emit  # noqa: E402  (bench/report.py, beside this file)
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 METRIC = "eval/bleu"
@@ -148,11 +149,7 @@ def main() -> None:
         "plot": plot(fifo, asha, os.path.splitext(a.out)[0] + ".png"),
         "machine": {"cpus": os.cpu_count()},
     }
-    text = json.dumps(result, indent=2)
-    print(text)
-    os.makedirs(os.path.dirname(a.out), exist_ok=True)
-    with open(a.out, "w") as f:
-        f.write(text + "\n")
+    emit(result, a.out)
 
 
 if __name__ == "__main__":
