@@ -45,7 +45,8 @@ def curve(exp_dir: str) -> list[dict]:
             for r in csv.DictReader(f):
                 if r.get(METRIC):
                     rows.append({"trial": trial, "iteration": int(r["training_iteration"]),
-                                 "time": float(r["timestamp"]), "bleu": float(r[METRIC])})
+                                 "time": float(r["timestamp"]), "bleu": float(r[METRIC]),
+                                 "start": float(r["timestamp"]) - float(r["time_total_s"])})
     rows.sort(key=lambda r: (r["time"], r["trial"]))
     best = float("-inf")
     for n, r in enumerate(rows, 1):
@@ -65,17 +66,19 @@ def run_sweep(scheduler: str, a: argparse.Namespace, space_file: str) -> dict:
             "--train_prefix", os.path.join(a.data, "train"), "--dev_prefix", os.path.join(a.data, "val"),
             "--num_train_steps", str(a.num_train_steps), "--optimizer", "adam", "--num_layers", "1",
             "--batch_size", str(a.batch_size), "--input_feeding", "false", "--seed", str(a.seed)]
-    sc, cfg, explicit = sweep.parse("nmt", argv)
-    t0 = time.time()
-    out = sweep.run(sc, cfg, explicit)
-    seconds = time.time() - t0
-    rows = curve(out["experiment"])
-    with open(out["results"]) as f:
+    exp_dir = os.path.join(a.storage_path, name)
+    results = os.path.join(exp_dir, "results.csv")
+    if not (a.reuse and os.path.exists(results)):
+        sc, cfg, explicit = sweep.parse("nmt", argv)
+        sweep.run(sc, cfg, explicit)
+    rows = curve(exp_dir)
+    with open(results) as f:
         trials = list(csv.DictReader(f))
-    return {"scheduler": scheduler, "seconds": round(seconds, 1), "experiment": out["experiment"],
+    return {"scheduler": scheduler, "experiment": exp_dir,
+            "seconds": round(max(r["time"] for r in rows) - min(r["start"] for r in rows), 1) if rows else None,
             "trial_iterations": len(rows), "best_bleu": max((r["bleu"] for r in rows), default=None),
             "trials": [{k: t[k] for k in ("trial", "status", "iterations", METRIC, *sorted(SPACE))} for t in trials],
-            "curve": [[r["trial_iterations"], round(r["best_bleu"], 3)] for r in rows]}
+            "curve": [[r["trial_iterations"], r["best_bleu"]] for r in rows]}
 
 
 def plot(fifo: dict, asha: dict, path: str) -> str:
@@ -114,7 +117,8 @@ def main() -> None:
     p.add_argument("--cpus_per_trial", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--storage_path", default="runs/bench_sweep")
-    p.add_argument("--tag", default=time.strftime("%Y%m%d-%H%M%S"))
+    p.add_argument("--tag", default=time.strftime("%Y%m%d-%H%M%S"), help="experiments are fifo-<tag> and asha-<tag>")
+    p.add_argument("--reuse", action="store_true", help="summarize finished experiments of --tag instead of rerunning")
     p.add_argument("--out", default=os.path.join(RESULTS, "sweep.json"))
     a = p.parse_args()
     for split in ("train", "val"):
@@ -145,10 +149,16 @@ def main() -> None:
         "asha_trial_iterations_to_fifo_best": reached,
         "asha_best_bleu": asha["best_bleu"],
         "ratio_vs_fifo_total": round(reached / fifo["trial_iterations"], 3) if reached else None,
+        "asha_trial_iterations": asha["trial_iterations"],
+        "asha_total_vs_fifo_total": round(asha["trial_iterations"] / fifo["trial_iterations"], 3)
+        if fifo["trial_iterations"] else None,
         "goal_met": bool(reached and reached <= fifo["trial_iterations"] / 2),
         "plot": plot(fifo, asha, os.path.splitext(a.out)[0] + ".png"),
+        "note": "trial-iterations count eval reports of all trials in arrival order; FIFO runs every trial to the end",
         "machine": {"cpus": os.cpu_count()},
     }
+    for res in (fifo, asha):
+        res["curve"] = [[n, round(b, 3)] for n, b in res["curve"]]
     emit(result, a.out)
 
 
