@@ -240,6 +240,27 @@ def parse(cls: type[C], argv: list[str] | None = None, *, prog: str | None = Non
     return cfg
 
 
+# ---------------------------------------------------------------------------- paths
+
+
+PATH_SUFFIXES = ("_prefix", "_dir", "_file", "_path")
+
+
+def abs_path(path: str) -> str:
+    """A local path made absolute (`~` expanded); URIs (gs://, s3://) as they are."""
+    return path if "://" in path else os.path.abspath(os.path.expanduser(path))
+
+
+def absolute_paths(cfg: Any) -> Any:
+    """`cfg` with every local path setting (`*_prefix`, `*_dir`, `*_file`, `*_path`) made absolute,
+    for processes that do not share the caller's working directory (Ray workers, Tune trials)."""
+    values = to_dict(cfg)
+    for k, v in values.items():
+        if isinstance(v, str) and v and k.endswith(PATH_SUFFIXES):
+            values[k] = abs_path(v)
+    return build(type(cfg), values)
+
+
 # ---------------------------------------------------------------------------- JSON
 
 

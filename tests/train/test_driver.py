@@ -60,6 +60,6 @@ def test_more_workers_than_cpus_is_one_line(ray_local, tmp_path):
 def test_path_settings_become_absolute_for_workers(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     cfg = nmt.Config(train_prefix="data/train", out_dir="runs/x", model_base_path="gs://bucket/models", vocab_prefix="")
-    out = driver.absolute_paths(cfg)
+    out = config_mod.absolute_paths(cfg)
     assert out.train_prefix == str(tmp_path / "data" / "train") and out.out_dir == str(tmp_path / "runs" / "x")
     assert out.model_base_path == "gs://bucket/models" and out.vocab_prefix == "" and out.src == cfg.src

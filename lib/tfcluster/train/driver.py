@@ -21,22 +21,6 @@ from tfcluster.errors import UserError
 from tfcluster.train.loop import FAIL_AT_STEP_ENV, WorkerContext, latest_checkpoint, run_loop
 
 
-def _abs(path: str) -> str:
-    return path if "://" in path else os.path.abspath(path)
-
-
-PATH_SUFFIXES = ("_prefix", "_dir", "_file", "_path")
-
-
-def absolute_paths(cfg: Any) -> Any:
-    """Workers do not share the driver's working directory: make local path settings absolute."""
-    values = config_mod.to_dict(cfg)
-    for k, v in values.items():
-        if isinstance(v, str) and v and k.endswith(PATH_SUFFIXES) and "://" not in v:
-            values[k] = os.path.abspath(v)
-    return config_mod.build(type(cfg), values)
-
-
 def init_ray(address: str = "") -> None:
     """Join `address` (or RAY_ADDRESS, e.g. inside `ray job submit`), else start a local Ray."""
     import ray
@@ -90,7 +74,7 @@ def run_config(cfg: Any, workload: str):
 
     return RunConfig(
         name=f"{workload}-{time.strftime('%Y%m%d-%H%M%S')}",
-        storage_path=_abs(os.path.join(cfg.out_dir, "ray")),
+        storage_path=config_mod.abs_path(os.path.join(cfg.out_dir, "ray")),
         failure_config=FailureConfig(max_failures=cfg.max_failures),
     )
 
@@ -140,7 +124,7 @@ def run(workload: str, cfg: Any) -> dict[str, Any]:
     from tfcluster import workloads
 
     wl = workloads.get(workload)
-    cfg = absolute_paths(cfg)
+    cfg = config_mod.absolute_paths(cfg)  # workers do not share the driver's working directory
     resumed = latest_checkpoint(cfg.out_dir) is not None
     if hasattr(wl, "prepare"):
         cfg = wl.prepare(cfg)  # e.g. build vocabularies into out_dir, once, before workers start

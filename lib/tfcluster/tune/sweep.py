@@ -106,10 +106,6 @@ def parse(workload: str, argv: list[str] | None = None) -> tuple[SweepConfig, An
     return sc, cfg, explicit
 
 
-def _abs(path: str) -> str:
-    return path if "://" in path else os.path.abspath(os.path.expanduser(path))
-
-
 def is_rl(wl) -> bool:
     """DQN and PG: the workload's algorithm is itself the Tune trainable."""
     return hasattr(wl, "ALGORITHM")
@@ -153,10 +149,10 @@ def trainable(config: dict, *, workload: str, base: dict, shared_dir: str, cpus:
         _limit_threads(cpus)
     wl = workloads.get(workload)
     out_dir = os.path.join(tune.get_context().get_trial_dir(), RUN_DIR)
-    values = {**base, **config, "out_dir": out_dir, "model_base_path": ""}
+    settings = {**base, **config, "out_dir": out_dir, "model_base_path": ""}
     if workers > 1:
-        values.update(num_workers=workers, cpus_per_worker=cpus / workers, use_gpu=gpus > 0)
-    cfg = config_mod.build(wl.Config, values, "trial config")
+        settings.update(num_workers=workers, cpus_per_worker=cpus / workers, use_gpu=gpus > 0)
+    cfg = config_mod.build(wl.Config, settings, "trial config")
     os.makedirs(out_dir, exist_ok=True)
     for name in os.listdir(shared_dir):  # prepared files (vocabularies, image index)
         src, dst = os.path.join(shared_dir, name), os.path.join(out_dir, name)
@@ -479,13 +475,11 @@ def run(sc: SweepConfig, cfg: Any, explicit: dict[str, Any]) -> dict[str, Any]:
     if not metric or not mode:
         raise UserError("--metric and --mode are required for this workload")
     name = sc.name or f"{sc.workload}-{time.strftime('%Y%m%d-%H%M%S')}"
-    storage = _abs(sc.storage_path)
+    storage = config_mod.abs_path(sc.storage_path)
     exp_dir = os.path.join(storage, name)
 
+    cfg = config_mod.absolute_paths(cfg)  # trials run in their own folders
     base = config_mod.to_dict(cfg)
-    for k in ("train_prefix", "dev_prefix", "test_prefix", "vocab_prefix", "data_dir", "sample_dir", "fid_cache_dir"):
-        if base.get(k) and "://" not in base[k]:
-            base[k] = _abs(base[k])
     fields = set(base)
     overrides = spaces.load_overrides(sc.search_space) if sc.search_space else None
     space = spaces.search_space(sc.workload, base, set(explicit), overrides, fields)
@@ -497,9 +491,7 @@ def run(sc: SweepConfig, cfg: Any, explicit: dict[str, Any]) -> dict[str, Any]:
         base.update({k: v for k, v in config_mod.to_dict(prepared).items() if k != "out_dir"})
     if rl:
         max_t = _rl_max_iterations(wl, base, space)
-
-        def total_steps(config: dict) -> int:
-            return 0  # RL trials end by their own `done` (solved or out of budget)
+        total_steps = None  # RL trials end by their own `done` (solved or out of budget)
     else:
         steps = _total_steps(wl, base, shared)
         if steps and "steps_per_external_eval" not in explicit and "steps_per_external_eval" in base:
@@ -571,7 +563,7 @@ def run(sc: SweepConfig, cfg: Any, explicit: dict[str, Any]) -> dict[str, Any]:
         if not best:
             raise UserError("no trial reported the metric; nothing to export")
         best_cfg = config_mod.load(wl.Config, best["out_dir"])
-        best_cfg = dataclasses.replace(best_cfg, model_base_path=_abs(cfg.model_base_path))
+        best_cfg = dataclasses.replace(best_cfg, model_base_path=cfg.model_base_path)
         path = wl.export_checkpoint(best_cfg, which="best")
         print(f"# exported {path}", flush=True)
         out["export_path"] = path
@@ -579,12 +571,12 @@ def run(sc: SweepConfig, cfg: Any, explicit: dict[str, Any]) -> dict[str, Any]:
 
 
 def _rl_max_iterations(wl, base: dict[str, Any], space: dict[str, Any]) -> int:
-    """ASHA's max_t for RL trials: the iterations of the longest budget the space can sample."""
+    """ASHA's max_t for RL trials: the iterations of the longest budget the space can sample
+    (PG: the fewest episodes per update make the most iterations)."""
     values = dict(base)
-    for k, spec in space.items():  # the smallest episodes per update gives the most iterations
-        if isinstance(spec, dict) and "choice" in spec and all(isinstance(v, int) for v in spec["choice"]):
-            if k == "batch_episodes":
-                values[k] = min(spec["choice"])
+    spec = space.get("batch_episodes")
+    if isinstance(spec, dict) and "choice" in spec:
+        values["batch_episodes"] = min(spec["choice"])
     return max(1, config_mod.build(wl.Config, values, "sweep config").max_iterations)
 
 

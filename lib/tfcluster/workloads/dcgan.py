@@ -26,6 +26,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from tfcluster import config as config_mod
 from tfcluster import contract
 from tfcluster.config import RunConfig
 from tfcluster.errors import UserError
@@ -164,7 +165,7 @@ def prepare(cfg: Config) -> Config:
     from tfcluster.data import images
 
     # Ray Train workers run in their own working directory: hand them absolute local paths.
-    cfg = dataclasses.replace(cfg, **{k: _abs(getattr(cfg, k)) for k in ("out_dir", "data_dir", "sample_dir", "fid_cache_dir")})
+    cfg = config_mod.absolute_paths(cfg)
     if cfg.is_mnist:
         x, y = images.load_mnist(cfg.data_dir, cfg.dataset, labels=True)
         print(f"# data: {len(x)} MNIST digits from {cfg.data_dir}", flush=True)
@@ -175,10 +176,6 @@ def prepare(cfg: Config) -> Config:
     print(f"# data: {index.size} images ({index.skipped} unreadable, skipped) in "
           f"{os.path.join(cfg.data_dir, cfg.dataset)}; index {cfg.index_path}", flush=True)
     return dataclasses.replace(cfg, c_dim=cfg.c_dim or index.channels)
-
-
-def _abs(path: str) -> str:
-    return path if not path or "://" in path else os.path.abspath(path)
 
 
 def num_images(cfg: Config) -> int:
