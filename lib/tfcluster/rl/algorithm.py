@@ -403,6 +403,18 @@ def run(algo_cls: type, cfg: Any, workload: str, export_checkpoint: Any) -> dict
     return result
 
 
+def train_main(algo_cls: type, workload: str, export_checkpoint: Any, argv: list[str] | None,
+               description: str) -> int:
+    """What `jobs/train_<workload>.py` runs: train until solved or out of budget and export,
+    or with `--is_train false` evaluate the best checkpoint of out_dir."""
+    cfg = parse_config(algo_cls.config_cls, argv, workload, description=description)
+    if cfg.is_train:
+        run(algo_cls, cfg, workload, export_checkpoint)
+    else:
+        evaluate_run(algo_cls, cfg)
+    return 0
+
+
 def parse_config(config_cls: type, argv: list[str] | None, workload: str, description: str | None = None):
     """Flags -> Config, with the preset chosen by --env (Atari or CartPole values) unless
     --hparams_path names one. Precedence: defaults < preset < out_dir/config.json < flags."""

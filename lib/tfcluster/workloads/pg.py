@@ -24,10 +24,9 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
 import numpy as np
 
-from tfcluster import config as config_mod
 from tfcluster import contract
 from tfcluster.errors import main_guard
-from tfcluster.rl.algorithm import Algorithm, AlgorithmConfig, RLConfig, evaluate_run, parse_config, policy_weights_from, run
+from tfcluster.rl.algorithm import Algorithm, AlgorithmConfig, RLConfig, policy_weights_from, train_main
 
 
 # ------------------------------------------------------------------------------------- config
@@ -307,10 +306,4 @@ def export_checkpoint(cfg: Config, which: str = "best") -> str:
 # --------------------------------------------------------------------------------------- main
 @main_guard
 def main(argv: list[str] | None = None) -> int:
-    cfg = parse_config(Config, argv, "pg", description=__doc__.splitlines()[0])
-    if not cfg.is_train:
-        evaluate_run(PG, cfg)
-        return 0
-    config_mod.save(cfg)
-    run(PG, cfg, "pg", export_checkpoint)
-    return 0
+    return train_main(PG, "pg", export_checkpoint, argv, __doc__.splitlines()[0])
