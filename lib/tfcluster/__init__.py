@@ -6,7 +6,9 @@ actors, export versioned SavedModels, and are served over TF Serving's gRPC API.
 
 import os as _os
 
+from tfcluster import quiet as _quiet
+
 _os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-_os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+_quiet.install()  # TensorFlow's native start-up lines out of every log (see tfcluster.quiet)
 
 __version__ = "0.1.0"

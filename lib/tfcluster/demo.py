@@ -1,9 +1,10 @@
 """`make demo` / `tfcluster demo`: the main job end to end on the embedded defaults.
 
 1. start a local Ray cluster (127.0.0.1, token auth, dashboard :8265);
-2. `ray job submit ... -- python jobs/train_nmt.py` on Multi30k en->de when
-   ../shared/data/multi30k exists, else on a small generated corpus; the job exports the
-   model to demo/models/nmt/<version>;
+2. `ray job submit ... -- python jobs/train_nmt.py` on Multi30k en->de (from
+   ../shared/data/multi30k, the user cache, or downloaded and checksum-verified into
+   ~/.cache/tfcluster), else, with one line saying why, on a small generated corpus; the
+   job exports the model to demo/models/nmt/<version>;
 3. start the local model server (`tfcluster serve`, TF Serving's gRPC API) on the model
    repository and translate a few sentences through the gRPC client;
 4. stop the server and the cluster.
@@ -30,9 +31,15 @@ def banner(msg: str) -> None:
 
 
 def corpus(work: str) -> tuple[list[str], list[str]]:
-    """(train flags, sentences to translate): Multi30k when present, else the generated corpus."""
-    if os.path.exists(os.path.join(MULTI30K, "train.en.gz")):
-        p = os.path.join(MULTI30K, "{}")
+    """(train flags, sentences to translate): Multi30k (../shared, the cache or a download), else the generated corpus."""
+    from tfcluster.data import multi30k
+
+    try:
+        folder = multi30k.locate(MULTI30K)
+    except multi30k.FetchError as e:
+        folder, why = None, str(e)
+    if folder:
+        p = os.path.join(folder, "{}")
         flags = [
             "--src", "en", "--tgt", "de", "--tokenize", "simple", "--vocab_size", "8000",
             "--train_prefix", p.format("train"), "--dev_prefix", p.format("val"),
@@ -43,7 +50,7 @@ def corpus(work: str) -> tuple[list[str], list[str]]:
             "--infer_batch_size", "128",
         ]
         sentences = ["A man rides a bike.", "Two dogs are playing in the snow.", "A woman is sitting on a bench."]
-        print(f"corpus: Multi30k en->de from {MULTI30K}")
+        print(f"corpus: Multi30k en->de from {folder}")
     else:
         from tfcluster.data import toy
 
@@ -55,7 +62,8 @@ def corpus(work: str) -> tuple[list[str], list[str]]:
             "--dropout", "0.0", "--num_train_steps", "600", "--steps_per_stats", "100", "--steps_per_external_eval", "300",
         ]
         sentences = ["a man rides a bike", "the small dog sees a red ball", "a woman walks"]
-        print(f"corpus: generated word-for-word corpus in {p['train']}.*")
+        print(f"corpus: Multi30k is not available ({why}); training on the generated word-for-word corpus "
+              f"in {p['train']}.* instead", flush=True)
     return flags, sentences
 
 

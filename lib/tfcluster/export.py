@@ -35,6 +35,30 @@ def next_version(base: str, name: str) -> int:
     return (vs[-1] + 1) if vs else 1
 
 
+def require_shape(x, dims: list[int | None], message: str):
+    """`x` behind an in-graph check that its shape is `[batch, *dims]` (None: any size).
+
+    Everything computed from the returned tensor depends on the check, so a request of the
+    wrong shape fails with `message` (INVALID_ARGUMENT) before any layer sees it, whichever
+    op the runtime would otherwise have scheduled first.
+    """
+    import tensorflow as tf
+
+    shape = tf.shape(x, out_type=tf.int64)
+    fixed = [(i + 1, d) for i, d in enumerate(dims) if d is not None]
+
+    def dims_match():
+        if not fixed:
+            return tf.constant(True)
+        idx = tf.constant([i for i, _ in fixed], tf.int64)
+        return tf.reduce_all(tf.equal(tf.gather(shape, idx), tf.constant([d for _, d in fixed], tf.int64)))
+
+    ok = tf.cond(tf.equal(tf.size(shape), len(dims) + 1), dims_match, lambda: tf.constant(False))
+    check = tf.debugging.Assert(ok, [message, "got shape", shape])
+    with tf.control_dependencies([check]):
+        return tf.identity(x)
+
+
 def warmup_log(spec: contract.ModelSpec, inputs: Mapping[str, Any]):
     """A `PredictionLog` holding one Predict request for the warmup file."""
     import tensorflow as tf

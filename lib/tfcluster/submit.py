@@ -34,10 +34,42 @@ _NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 # ---------------------------------------------------------------------------- Ray dashboard
 
 
+def _check_reachable(address: str, timeout: float = 10.0) -> None:
+    """UserError unless something accepts TCP connections at the dashboard URL's host and port."""
+    import socket
+    from urllib.parse import urlsplit
+
+    url = urlsplit(address)
+    try:
+        port = url.port or (443 if url.scheme == "https" else 80)
+    except ValueError:
+        raise UserError(f"--address {address!r} has a bad port") from None
+    if not url.hostname:
+        raise UserError(f"--address {address!r} names no host")
+    try:
+        socket.create_connection((url.hostname, port), timeout=timeout).close()
+    except OSError as e:
+        reason = e.strerror or type(e).__name__
+        raise UserError(f"cannot reach the Ray dashboard at {address}: {reason}; "
+                        "start one with `tfcluster cluster up` or check the address") from None
+
+
+def _auth_error(address: str, text: str) -> UserError:
+    """The one-line error for a token problem: none found here, or one the cluster refused."""
+    first = text.splitlines()[0] if text else "authentication failed"
+    hint = "set RAY_AUTH_TOKEN or ~/.ray/auth_token to the cluster's token (`ray get-auth-token` on the head)"
+    if "find" in first.lower() and "token" in first.lower():
+        return UserError(f"no Ray auth token for the cluster at {address}: {hint}")
+    return UserError(f"the Ray cluster at {address} refused the token ({first}); {hint}")
+
+
 def job_client(address: str):
     """A JobSubmissionClient for `address` with Ray token auth on; one-line errors."""
     if not address.startswith(("http://", "https://")):
         raise UserError(f"--address must be the dashboard URL, e.g. http://127.0.0.1:8265 (got {address!r})")
+    # Reachability first: with no token at hand, Ray's client fails on the missing token before it
+    # ever connects, and a closed port must not read as a refused token.
+    _check_reachable(address)
     # Ray reads RAY_AUTH_MODE once, when it is first imported.
     os.environ.setdefault("RAY_AUTH_MODE", "token")
     from ray.exceptions import AuthenticationError
@@ -46,16 +78,14 @@ def job_client(address: str):
     try:
         return JobSubmissionClient(address)
     except AuthenticationError as e:
-        raise UserError(f"the Ray cluster at {address} refused the token ({str(e).splitlines()[0]}); set RAY_AUTH_TOKEN "
-                        "or ~/.ray/auth_token to the cluster's token") from None
+        raise _auth_error(address, str(e)) from None
     except ConnectionError as e:
         raise UserError(f"cannot reach the Ray dashboard at {address}: {str(e).splitlines()[0]}; "
                         "start one with `tfcluster cluster up` or check the address") from None
     except (RuntimeError, ValueError) as e:
         text = str(e).splitlines()[0] if str(e) else type(e).__name__
         if "401" in text or "403" in text or "auth" in text.lower() or "token" in text.lower():
-            raise UserError(f"the Ray cluster at {address} refused the token ({text}); set RAY_AUTH_TOKEN or "
-                            "~/.ray/auth_token to the cluster's token") from None
+            raise _auth_error(address, text) from None
         raise UserError(f"cannot use the Ray dashboard at {address}: {text}") from None
 
 
@@ -77,8 +107,7 @@ def submit_to_dashboard(address: str, entrypoint: list[str], *, working_dir: str
     try:
         job_id = client.submit_job(entrypoint=shlex.join(entrypoint), runtime_env=runtime_env, submission_id=submission_id)
     except AuthenticationError as e:
-        raise UserError(f"the Ray cluster at {address} refused the token ({str(e).splitlines()[0]}); set RAY_AUTH_TOKEN "
-                        "or ~/.ray/auth_token to the cluster's token") from None
+        raise _auth_error(address, str(e)) from None
     print(f"submitted job {job_id} to {address}", file=out, flush=True)
     if not follow:
         print(f"follow it with: ray job logs --address {address} --follow {job_id}", file=out)

@@ -4,6 +4,7 @@ real local Ray head (its own ports and temp dir, token auth on) through JobSubmi
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import shlex
 import signal
@@ -196,6 +197,33 @@ def test_submit_to_a_ray_dashboard_streams_logs(ray_head, tmp_path):
 
 
 @pytest.mark.slow
+def test_a_training_job_log_reads_clean(ray_head, tmp_path):
+    """The log of `train_nmt.py` through the job API: each stats line once, no TensorFlow start-up noise,
+    no Ray Train report dumps; Ray's own job-status lines stay."""
+    from tfcluster.data import toy
+
+    url, token = ray_head
+    root = str(Path(submit.__file__).parents[2])
+    p = toy.write_corpus(str(tmp_path / "data"), sizes={"train": 300, "dev": 10, "test": 10})
+    cmd = [sys.executable, "jobs/train_nmt.py", "--src", "src", "--tgt", "tgt", "--vocab_prefix", p["vocab"],
+           "--train_prefix", p["train"], "--dev_prefix", p["dev"], "--test_prefix", p["test"], "--num_units", "8",
+           "--num_layers", "1", "--batch_size", "16", "--num_train_steps", "20", "--steps_per_stats", "5",
+           "--steps_per_external_eval", "10", "--num_workers", "1", "--out_dir", str(tmp_path / "run"),
+           "--model_base_path", str(tmp_path / "models")]
+    code, out, err = run_cli_process(["submit", "--address", url, "--working_dir", root, "--", *cmd], token)
+    assert code == 0, (err + out)[-3000:]
+    stats = [ln for ln in out.splitlines() if re.search(r"\bstep +\d+ train/loss", ln)]
+    assert len(stats) == 4, out[-3000:]
+    body = [ln for ln in out.splitlines() if ln.strip() and not ln.startswith("submitted job")]
+    repeated = {ln for ln in body if body.count(ln) > 1 and "ref:" not in ln and "nmt:" not in ln}
+    assert not repeated, repeated
+    for noise in ("TrainingReport(", "absl::InitializeLog", "oneDNN custom operations", "cuInit", "cuda drivers",
+                  "Sharding callback", "repeated 2x across cluster"):
+        assert noise not in out + err, noise
+    assert "# exported " in out and out.rstrip().endswith("SUCCEEDED")
+
+
+@pytest.mark.slow
 def test_a_failing_job_exits_1(ray_head):
     url, token = ray_head
     code, out, _ = run_cli_process(["submit", "--address", url, "--", "python", "-c", "import sys; print('boom'); sys.exit(3)"], token)
@@ -214,7 +242,29 @@ def test_a_wrong_token_is_one_line(ray_head):
     assert proc.stderr.startswith(f"error: the Ray cluster at {url} refused the token") and proc.stderr.count("\n") == 1
 
 
-def test_an_unreachable_dashboard_is_one_line(capsys, monkeypatch):
+@pytest.mark.slow
+def test_no_token_at_all_is_one_line(ray_head, tmp_path):
+    """A new machine: no RAY_AUTH_TOKEN and an empty home folder (no ~/.ray/auth_token)."""
+    url, _ = ray_head
+    env = {k: v for k, v in os.environ.items() if k != "RAY_AUTH_TOKEN"}
+    env.update(HOME=str(tmp_path), RAY_AUTH_MODE="token", PYTHONPATH=str(Path(submit.__file__).parents[1]))
+    proc = subprocess.run([sys.executable, "-m", "tfcluster.cli", "submit", "--address", url, "--", "python", "-c", "print(1)"],
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert proc.stderr.startswith(f"error: no Ray auth token for the cluster at {url}") and proc.stderr.count("\n") == 1
+
+
+@pytest.mark.parametrize("with_token", [False, True])
+def test_an_unreachable_dashboard_is_one_line(tmp_path, with_token):
+    """A closed port is "cannot reach", whatever the home folder holds (no token, or a token)."""
     port = free_port()
-    code, _, err = run_cli(["submit", "--address", f"http://127.0.0.1:{port}", "--", "python", "-c", "print(1)"], capsys)
-    assert code == 2 and f"cannot reach the Ray dashboard at http://127.0.0.1:{port}" in err and err.count("\n") == 1
+    env = {k: v for k, v in os.environ.items() if k != "RAY_AUTH_TOKEN"}
+    env.update(HOME=str(tmp_path), RAY_AUTH_MODE="token", PYTHONPATH=str(Path(submit.__file__).parents[1]))
+    if with_token:
+        (tmp_path / ".ray").mkdir()
+        (tmp_path / ".ray" / "auth_token").write_text(secrets.token_hex(16))
+    proc = subprocess.run([sys.executable, "-m", "tfcluster.cli", "submit", "--address", f"http://127.0.0.1:{port}",
+                           "--", "python", "-c", "print(1)"], env=env, capture_output=True, text=True, timeout=120)
+    err = proc.stderr
+    assert proc.returncode == 2 and f"cannot reach the Ray dashboard at http://127.0.0.1:{port}" in err, err[-2000:]
+    assert err.count("\n") == 1

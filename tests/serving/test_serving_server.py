@@ -299,6 +299,64 @@ def test_rest_api(server, repo):
     assert "# TYPE :tensorflow:serving:request_latency histogram" in text
 
 
+def _raw(url: str, method: str, path: str, body: bytes | None = None, headers: dict | None = None):
+    import http.client
+    from urllib.parse import urlsplit
+
+    u = urlsplit(url)
+    conn = http.client.HTTPConnection(u.hostname, u.port, timeout=20)
+    try:
+        conn.request(method, path, body=body, headers=headers or {})
+        r = conn.getresponse()
+        return r.status, r.getheader("Content-Type"), r.getheader("Allow"), r.read()
+    finally:
+        conn.close()
+
+
+MALFORMED = [
+    ("json nested past the parser's limit", "POST", "/v1/models/pg:predict",
+     b'{"instances": ' + b"[" * 5000 + b"]" * 5000 + b"}", 400, "nested too deeply"),
+    ("json nested past what a tensor can be", "POST", "/v1/models/pg:predict",
+     b'{"instances": ' + b"[" * 900 + b"1" + b"]" * 900 + b"}", 400, ""),
+    ("strings nested deeply", "POST", "/v1/models/nmt:predict",
+     b'{"instances": ' + b"[" * 900 + b'"a"' + b"]" * 900 + b"}", 400, ""),
+    ("not JSON", "POST", "/v1/models/pg:predict", b"{instances", 400, "JSON parse error"),
+    ("not UTF-8", "POST", "/v1/models/pg:predict", b'{"instances": "' + bytes([0xFF, 0xFE]) + b'"}', 400, ""),
+    ("a JSON list body", "POST", "/v1/models/pg:predict", b"[1, 2]", 400, "must be a JSON object"),
+    ("a signature name of the wrong type", "POST", "/v1/models/pg:predict", b'{"signature_name": 5, "instances": [[1,2,3,4]]}', 400, ""),
+    ("PUT on a model URL", "PUT", "/v1/models/pg:predict", b"{}", 405, "Method PUT is not allowed on /v1/models/pg:predict; use POST"),
+    ("DELETE on a status URL", "DELETE", "/v1/models/pg", None, 405, "use GET"),
+    ("an unknown method", "BREW", "/v1/models/pg", None, 501, "Unsupported method"),
+    ("PUT elsewhere", "PUT", "/v2/other", b"{}", 404, "Malformed request: PUT /v2/other"),
+]
+
+
+@pytest.mark.parametrize("name,method,path,body,status,message", MALFORMED, ids=[m[0] for m in MALFORMED])
+def test_rest_malformed_requests_are_json_errors_never_500(server, name, method, path, body, status, message):
+    code, ctype, allow, raw = _raw(server.rest_url, method, path, body)
+    assert code == status, raw[:500]
+    assert ctype == "application/json", raw[:300]
+    err = json.loads(raw)["error"]
+    assert message in err and "Traceback" not in err and "RecursionError" not in err
+    if code == 405:
+        assert allow in ("GET", "POST")
+    assert _http(f"{server.rest_url}/v1/models/pg/versions/1")[0] == 200  # still serving
+
+
+def test_rest_bad_content_length_is_400(server):
+    import socket
+    from urllib.parse import urlsplit
+
+    u = urlsplit(server.rest_url)
+    with socket.create_connection((u.hostname, u.port), timeout=20) as s:
+        s.sendall(b"POST /v1/models/pg:predict HTTP/1.0\r\nContent-Length: -5\r\n\r\n")
+        reply = b""
+        while chunk := s.recv(65536):
+            reply += chunk
+    head, _, body = reply.partition(b"\r\n\r\n")
+    assert head.split()[1] == b"400" and "bad Content-Length" in json.loads(body)["error"]
+
+
 def test_grpc_health(server):
     from tfcluster.serving import protos
 

@@ -148,6 +148,9 @@ class Algorithm(Trainable):
             init_ray(cfg.address)
         import keras
 
+        from tfcluster import quiet
+
+        quiet.warn_if_no_gpu(cfg.use_gpu, f"the learner ({os.uname().nodename})")
         keras.utils.set_random_seed(cfg.seed)
         self.episode_returns: collections.deque = collections.deque(maxlen=cfg.metrics_num_episodes_for_smoothing)
         self.episode_lens: collections.deque = collections.deque(maxlen=cfg.metrics_num_episodes_for_smoothing)

@@ -23,6 +23,7 @@ import tempfile
 import time
 from typing import Any
 
+from tfcluster import quiet
 from tfcluster.errors import UserError
 
 
@@ -64,7 +65,7 @@ class LocalServer:
         env = {**os.environ, **(self.env or {})}
         lib = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [lib, env.get("PYTHONPATH")]))
-        env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        env.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
         self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(self.argv(), stdout=self._log, stderr=subprocess.STDOUT, env=env)
         return self
@@ -72,7 +73,7 @@ class LocalServer:
     def log_tail(self, n: int = 15) -> str:
         try:
             with open(self.log_path, errors="replace") as f:
-                lines = [ln for ln in f.read().splitlines() if "cuInit" not in ln and "absl::InitializeLog" not in ln]
+                lines = [ln for ln in f.read().splitlines() if "cuInit" not in ln and not quiet.is_noise(ln)]
             return "\n".join(lines[-n:])
         except OSError:
             return ""

@@ -145,6 +145,50 @@ def make_handler(core: Core, monitoring_path: str | None, timeout_s: float):
         def _error(self, f: Failure) -> None:
             self._json(HTTP_STATUS.get(f.code, 500), {"error": f.message})
 
+        def send_error(self, code, message=None, explain=None):
+            """http.server's own errors (a malformed request line, an unknown method) as JSON, not HTML."""
+            try:
+                self._json(code, {"error": message or explain or self.responses.get(code, ("error",))[0]})
+            except OSError:
+                pass  # the client went away
+
+        def _not_allowed(self):
+            """405 with an Allow header on a known URL (POST for :predict/:classify/:regress, else GET); 404 elsewhere."""
+            path = self.path.split("?", 1)[0]
+            m = _PATH.match(path)
+            if not m and path != monitoring_path:
+                status, allowed, msg = 404, None, f"Malformed request: {self.command} {path}"
+            else:
+                allowed = "POST" if m and m["verb"] else "GET"
+                status, msg = 405, f"Method {self.command} is not allowed on {path}; use {allowed}"
+            body = (json.dumps({"error": msg}, indent=1) + "\n").encode()
+            self.send_response(status)
+            if allowed:
+                self.send_header("Allow", allowed)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(body)
+
+        do_PUT = do_DELETE = do_PATCH = do_OPTIONS = do_HEAD = do_TRACE = do_CONNECT = _not_allowed
+
+        def _read_body(self) -> object:
+            length = self.headers.get("Content-Length")
+            try:
+                n = int(length) if length is not None else 0
+                if n < 0:
+                    raise ValueError
+            except ValueError:
+                raise invalid(f"bad Content-Length header {length!r}") from None
+            raw = self.rfile.read(n)
+            try:
+                return json.loads(raw or b"{}")
+            except RecursionError:
+                raise invalid("JSON parse error: the request body is nested too deeply") from None
+            except ValueError as e:  # JSONDecodeError, and bytes that are not UTF-8
+                raise invalid(f"JSON parse error: {e}") from None
+
         def do_GET(self):
             path = self.path.split("?", 1)[0]
             if monitoring_path and path == monitoring_path:
@@ -175,12 +219,7 @@ def make_handler(core: Core, monitoring_path: str | None, timeout_s: float):
             if not m or not m["verb"]:
                 return self._json(404, {"error": f"Malformed request: POST {path}"})
             try:
-                n = int(self.headers.get("Content-Length") or 0)
-                raw = self.rfile.read(n)
-                try:
-                    body = json.loads(raw or b"{}")
-                except json.JSONDecodeError as e:
-                    raise invalid(f"JSON parse error: {e}") from None
+                body = self._read_body()
                 if m["verb"] != "predict":
                     raise Failure(
                         grpc.StatusCode.UNIMPLEMENTED,

@@ -282,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
     for flag in ("model_config_file", "batching_parameters_file", "monitoring_config_file", "ssl_config_file"):
         if getattr(args, flag):
             require_file(getattr(args, flag), f"--{flag}")
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     _logging()
     stop = threading.Event()
     got = []

@@ -46,6 +46,8 @@ def as_failure(e: Exception) -> Failure:
         return Failure(_TF_CODES.get(e.error_code, grpc.StatusCode.INTERNAL), msg)
     if isinstance(e, (TypeError, ValueError)):
         return invalid(" ".join(str(e).split()))
+    if isinstance(e, RecursionError):  # a request value nested deeper than any tensor
+        return invalid("the request is nested too deeply to be a tensor")
     log.exception("unexpected error while serving a request")
     return Failure(grpc.StatusCode.INTERNAL, f"{type(e).__name__}: {e}")
 

@@ -17,8 +17,30 @@ import time
 from typing import Any
 
 from tfcluster import config as config_mod
+from tfcluster import quiet
 from tfcluster.errors import UserError
 from tfcluster.train.loop import FAIL_AT_STEP_ENV, WorkerContext, latest_checkpoint, run_loop
+
+
+def _without_job_settings(runtime_env: dict) -> dict:
+    """`runtime_env` less what the submitted job's own runtime env already sets.
+
+    Inside a job (`ray job submit`, `tfcluster submit --env K=V`), Ray refuses a driver
+    runtime env that names a field or an environment variable the job's names too; the
+    job's values win, since its workers get them anyway.
+    """
+    import json
+
+    from ray.job_config import JobConfig
+
+    injected = os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR")  # what ray.init merges with (ray/_private/worker.py)
+    if not injected:
+        return runtime_env
+    job_env = dict(JobConfig.from_json(json.loads(injected)).runtime_env or {})
+    taken = set(job_env.get("env_vars") or {})
+    out = {k: v for k, v in runtime_env.items() if k == "env_vars" or k not in job_env}
+    out["env_vars"] = {k: v for k, v in runtime_env["env_vars"].items() if k not in taken}
+    return out
 
 
 def init_ray(address: str = "") -> None:
@@ -31,7 +53,10 @@ def init_ray(address: str = "") -> None:
     # The local driver and its workers must import tfcluster from this checkout.
     lib = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     pythonpath = os.pathsep.join(p for p in (lib, os.environ.get("PYTHONPATH", "")) if p)
-    runtime_env = {"env_vars": {"PYTHONPATH": pythonpath, "KERAS_BACKEND": "tensorflow", "TF_CPP_MIN_LOG_LEVEL": "2"}}
+    runtime_env = _without_job_settings({
+        "env_vars": {"PYTHONPATH": pythonpath, "KERAS_BACKEND": "tensorflow", **quiet.RAY_ENV},
+        "worker_process_setup_hook": quiet.SETUP_HOOK,
+    })
     try:
         if address:
             ray.init(address=address, runtime_env=runtime_env, log_to_driver=True, logging_level="ERROR")
@@ -69,13 +94,18 @@ def scaling(cfg: Any):
     return ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu, resources_per_worker=per_worker)
 
 
-def run_config(cfg: Any, workload: str):
-    from ray.train import FailureConfig, RunConfig
+def run_config(cfg: Any, workload: str, **kwargs: Any):
+    """Ray Train's RunConfig for a run of `cfg`: storage under out_dir, retries, quiet logging."""
+    from ray.train import FailureConfig, LoggingConfig, RunConfig
 
+    kwargs.setdefault("name", f"{workload}-{time.strftime('%Y%m%d-%H%M%S')}")
+    kwargs.setdefault("storage_path", config_mod.abs_path(os.path.join(cfg.out_dir, "ray")))
     return RunConfig(
-        name=f"{workload}-{time.strftime('%Y%m%d-%H%M%S')}",
-        storage_path=config_mod.abs_path(os.path.join(cfg.out_dir, "ray")),
         failure_config=FailureConfig(max_failures=cfg.max_failures),
+        # Ray Train's INFO lines ("Reporting training result N: TrainingReport(...)" per report,
+        # worker-group start-up) stay in its log files; warnings and errors still show.
+        logging_config=LoggingConfig(log_level="WARNING"),
+        **kwargs,
     )
 
 
@@ -93,6 +123,8 @@ def train_loop_per_worker(config: dict) -> None:
     cfg = wl.Config(**config["config"])
     tctx = ray.train.get_context()
     ctx = WorkerContext(rank=tctx.get_world_rank(), world_size=tctx.get_world_size())
+    quiet.quiet_train_worker()
+    quiet.warn_if_no_gpu(cfg.use_gpu, f"worker {ctx.rank} ({os.uname().nodename})")
 
     forward_ckpt = bool(config.get("report_checkpoint"))  # a sweep trial copies eval checkpoints into Tune
 

@@ -187,7 +187,7 @@ def _train_workers(workload: str, cfg: Any, gpus_per_worker: float, report) -> N
     exploit and `--resume` continue a multi-worker trial. A trial stopped by the scheduler
     ends its actor, and the Train run it owns ends with it.
     """
-    from ray.train import FailureConfig, RunConfig, ScalingConfig
+    from ray.train import ScalingConfig
     from ray.train.tensorflow import TensorflowTrainer
     from ray.train.v2.api.callback import UserCallback
     from ray.util.queue import Empty, Queue
@@ -208,10 +208,8 @@ def _train_workers(workload: str, cfg: Any, gpus_per_worker: float, report) -> N
         train_loop_config={"workload": workload, "config": config_mod.to_dict(cfg), "report_checkpoint": True},
         scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=gpus_per_worker > 0,
                                      resources_per_worker=per_worker),
-        run_config=RunConfig(name=f"train-{time.strftime('%Y%m%d-%H%M%S')}",
-                             storage_path=os.path.join(os.path.dirname(cfg.out_dir), "ray"),
-                             failure_config=FailureConfig(max_failures=cfg.max_failures),
-                             callbacks=[Relay(queue)]),
+        run_config=driver.run_config(cfg, "train", storage_path=os.path.join(os.path.dirname(cfg.out_dir), "ray"),
+                                     callbacks=[Relay(queue)]),
     )
     outcome: dict[str, Any] = {}
 

@@ -551,6 +551,8 @@ def serving_module(generator, z_dim: int):
     """A tf.Module whose `serve` is the contract's signature: z float32 [batch, z_dim] -> images uint8."""
     import tensorflow as tf
 
+    from tfcluster import export as export_mod
+
     z_key = contract.DCGAN.inputs[0].key
     out_key = contract.DCGAN.outputs[0].key
     module = tf.Module()
@@ -558,6 +560,7 @@ def serving_module(generator, z_dim: int):
 
     @tf.function(input_signature=[tf.TensorSpec([None, z_dim], tf.float32, name=z_key)])
     def serve(z):
+        z = export_mod.require_shape(z, [z_dim], f"{z_key} must have shape [batch, {z_dim}]")
         return {out_key: to_uint8(module.generator(z, training=False))}
 
     module.serve = serve

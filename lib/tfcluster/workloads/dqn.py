@@ -446,9 +446,8 @@ def export(weights: list[np.ndarray], cfg: Config, model_base_path: str) -> str:
 
     @tf.function(input_signature=[tf.TensorSpec([None] * (1 + len(shape)), tf.float32, name="observation")])
     def serve(observation):
-        tf.debugging.assert_equal(
-            tf.shape(observation)[1:], tf.constant(shape, tf.int32),
-            message=f"observation must have shape [batch, {', '.join(map(str, shape))}] for {cfg.env}")
+        observation = export_mod.require_shape(
+            observation, shape, f"observation must have shape [batch, {', '.join(map(str, shape))}] for {cfg.env}")
         x = observation if in_dtype == tf.float32 else tf.cast(tf.clip_by_value(tf.round(observation), 0, 255), in_dtype)
         q = model(x, training=False)
         return {"action": tf.argmax(q, axis=1, output_type=tf.int64), "q_values": tf.cast(q, tf.float32)}

@@ -738,6 +738,8 @@ def serving_module(model, cfg: Config):
     """A tf.Module whose `serve(source)` does tokenize -> lookup -> encode -> decode -> detokenize."""
     import tensorflow as tf
 
+    from tfcluster import export as export_mod
+
     class Translator(tf.Module):
         def __init__(self):
             super().__init__(name="translator")
@@ -748,6 +750,7 @@ def serving_module(model, cfg: Config):
 
         @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=contract.NMT.inputs[0].key)])
         def serve(self, source):
+            source = export_mod.require_shape(source, [], f"{contract.NMT.inputs[0].key} must be a batch of sentences: string [batch]")
             toks = text.tokenize(source, cfg.tokenize)
             ids = tf.cast(self.src_table.lookup(toks), tf.int32)
             src_len = tf.cast(ids.row_lengths(), tf.int32)

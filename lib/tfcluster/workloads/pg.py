@@ -281,9 +281,8 @@ def export(weights: list[np.ndarray], cfg: Config, model_base_path: str) -> str:
 
     @tf.function(input_signature=[tf.TensorSpec([None, None], tf.float32, name="observation")])
     def serve(observation):
-        tf.debugging.assert_equal(
-            tf.shape(observation)[1], obs_dim,
-            message=f"observation must have shape [batch, {obs_dim}] ({cfg.env} state); got another width")
+        observation = export_mod.require_shape(
+            observation, [obs_dim], f"observation must have shape [batch, {obs_dim}] ({cfg.env} state)")
         logits = model(observation, training=False)
         if head == "sigmoid":
             p1 = tf.sigmoid(logits[:, 0])
