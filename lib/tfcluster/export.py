@@ -85,6 +85,22 @@ def write_warmup(saved_model_dir: str, spec: contract.ModelSpec, requests: list[
     return path
 
 
+def captured_variables(functions) -> list:
+    """The tf.Variables the concrete `functions` read, each once.
+
+    Tracking these (and not the Keras layers or models that own them) is what makes the
+    SavedModel servable by TensorFlow Serving: a Keras 3 variable is a wrapper whose own
+    checkpoint entry restores, in a session-based loader (TF Serving, `saved_model_cli run`,
+    `tf.compat.v1.saved_model.load`), into a variable that the graph never reads, so every
+    request would fail with "Could not find variable". `tf.saved_model.load` hid this.
+    """
+    seen: dict[int, Any] = {}
+    for fn in functions:
+        for v in fn.variables:
+            seen.setdefault(id(v), v)
+    return list(seen.values())
+
+
 def save_version(
     module: Any,
     signatures: Mapping[str, Any],
@@ -109,7 +125,9 @@ def save_version(
     if tf.io.gfile.exists(final):
         raise UserError(f"version {version} of {spec.name} already exists at {final}")
     tmp = os.path.join(model_dir, f".tmp-{version}-{uuid.uuid4().hex[:8]}")
-    tf.saved_model.save(module, tmp, signatures=dict(signatures))
+    signatures = {k: f.get_concrete_function() if hasattr(f, "get_concrete_function") else f for k, f in signatures.items()}
+    module.serving_variables = captured_variables(signatures.values())
+    tf.saved_model.save(module, tmp, signatures=signatures)
     if warmup:
         write_warmup(tmp, spec, warmup)
     tf.io.gfile.rename(tmp, final)

@@ -167,9 +167,9 @@ BAD = [
     ("wrong dtype", _request(inputs={"observation": OBS.astype(np.float64)}), grpc.StatusCode.INVALID_ARGUMENT,
      "model pg version 2 signature serving_default: input 'observation' has the wrong dtype: got float64 [3, 4], "
      "expected observation: float32 [-1, 4]."),
+    # A shape is the graph's to check, as in TF Serving: this model's graph says what it expects.
     ("wrong shape", _request(inputs={"observation": OBS[:, :3]}), grpc.StatusCode.INVALID_ARGUMENT,
-     "model pg version 2 signature serving_default: input 'observation' has the wrong shape: got float32 [3, 3], "
-     "expected observation: float32 [-1, 4]."),
+     "model pg version 2 signature serving_default: observation must have shape [batch, 4]; got shape [3, 3]"),
     ("missing input", _request(inputs={}), grpc.StatusCode.INVALID_ARGUMENT,
      "model pg version 2 signature serving_default: missing input observation; the signature expects "
      "{observation: float32 [-1, 4]}."),
@@ -190,7 +190,9 @@ def test_bad_requests_get_exact_status_and_server_keeps_serving(stub, repo, name
     assert_same(out, in_process(repo["pg1"], observation=OBS))
 
 
-def test_classify_and_regress_without_such_signature_are_unimplemented(stub):
+def test_classify_and_regress_on_a_predict_signature_say_what_is_missing(stub):
+    """TF Serving's default (no --enable_signature_method_name_check): any signature whose inputs and
+    outputs fit may be classified; pg's float observation does not."""
     from tensorflow_serving.apis import classification_pb2, regression_pb2
 
     for call, req, api in [
@@ -198,12 +200,13 @@ def test_classify_and_regress_without_such_signature_are_unimplemented(stub):
         (stub.predictions.Regress, regression_pb2.RegressionRequest(), "Regress"),
     ]:
         req.model_spec.name = "pg"
+        req.input.example_list.examples.add().features.feature["x"].float_list.value.append(1.0)
         with pytest.raises(grpc.RpcError) as e:
             call(req, timeout=10)
-        assert e.value.code() == grpc.StatusCode.UNIMPLEMENTED
+        assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert e.value.details() == (
-            f"{api} is not available for model pg version 2: signature serving_default has method_name "
-            "'tensorflow/serving/predict', not 'tensorflow/serving/" + api.lower() + "'; call Predict for this signature"
+            f"model pg version 2 signature serving_default: {api} input must be a string tensor of serialized "
+            "tf.Example, got float32"
         )
 
 
@@ -222,7 +225,7 @@ def test_client_predict_metadata_status(server, repo):
             c.predict("pg", {"observation": np.zeros((1, 5), np.float32)})
         assert e.value.code == grpc.StatusCode.INVALID_ARGUMENT
         assert str(e.value).startswith(f"Predict pg at {server.target}: INVALID_ARGUMENT: model pg version 2 ")
-        assert "expected observation: float32 [-1, 4]" in str(e.value)
+        assert str(e.value).endswith("observation must have shape [batch, 4]; got shape [1, 5]")
         with pytest.raises(ServingError) as e:
             c.wait_until_available("absent", timeout_s=0.5, poll_s=0.1)
         assert "absent not AVAILABLE" in str(e.value) and "\n" not in str(e.value)

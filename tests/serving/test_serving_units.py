@@ -132,3 +132,65 @@ def test_health_messages_match_the_grpc_health_proto():
     r = protos.HealthCheckResponse(status=protos.HealthCheckResponse.NOT_SERVING)
     assert r.SerializeToString() == b"\x08\x02"  # field 1, varint 2: the grpc.health.v1 wire format
     assert protos.HealthCheckRequest.FromString(b"\n\x02pg").service == "pg"
+
+
+def _manager_for(base: str, name: str = "m"):
+    from tensorflow_serving.config import model_server_config_pb2
+
+    from tfcluster.serving.models import ModelManager, Options
+
+    cfg = model_server_config_pb2.ModelServerConfig()
+    cfg.model_config_list.config.add(name=name, base_path=base, model_platform="tensorflow").model_version_policy.all.SetInParent()
+    mgr = ModelManager(Options())
+    mgr.apply_config(cfg)
+    return mgr
+
+
+def test_version_folders_with_leading_zeros_are_that_version(tmp_path):
+    """TF Serving reads `00000123` as version 123 and loads that folder."""
+    import os
+
+    from tfcluster.serving import tiny
+    from tfcluster.serving.models import AVAILABLE
+
+    path = tiny.export(tiny.pg_policy(0), str(tmp_path), contract.PG)
+    os.rename(path, os.path.join(os.path.dirname(path), "00000123"))
+    tiny.export(tiny.pg_policy(1), str(tmp_path), contract.PG, version=7)
+    mgr = _manager_for(str(tmp_path / "pg"))
+    assert [(vs.version, vs.state, os.path.basename(vs.path)) for vs in mgr.models["m"].versions.values()
+            if vs.state == AVAILABLE] == [(123, AVAILABLE, "00000123"), (7, AVAILABLE, "7")]
+
+
+def test_signatures_run_in_a_session_and_the_graph_checks_shapes(tmp_path):
+    """A version runs as TF Serving runs it (a session over the MetaGraphDef): the declared [-1, 4] is not
+    enforced by the server, the graph's own check answers, internal signatures are not listed."""
+    import tensorflow as tf
+
+    from tfcluster.serving import tiny
+
+    path = tiny.export(tiny.pg_policy(0), str(tmp_path), contract.PG)
+    mgr = _manager_for(str(tmp_path / "pg"))
+    servable = mgr.models["m"].versions[1].servable
+    assert sorted(servable.signatures) == ["serving_default"]
+    assert "__saved_model_init_op" not in servable.signature_def_map().signature_def
+    obs = np.random.default_rng(0).normal(size=(5, 4)).astype(np.float32)
+    got = servable.signatures["serving_default"].run({"observation": obs})
+    want = tf.saved_model.load(path).signatures["serving_default"](observation=tf.constant(obs))
+    np.testing.assert_array_equal(got["probabilities"], want["probabilities"].numpy())
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"observation must have shape \[batch, 4\]"):
+        servable.signatures["serving_default"].run({"observation": obs[:, :3]})
+
+
+def test_typed_value_fields_round_trip():
+    import tensorflow as tf
+
+    from tfcluster.serving.tensors import to_typed_proto
+
+    for a in [np.array([[3.0]], np.float32), np.arange(6, dtype=np.uint8).reshape(2, 3), np.array([1, 2], np.int64),
+              np.array([True, False]), np.array([1.5, 2], np.float16), np.array([1 + 2j], np.complex64),
+              np.array([b"a", b"bc"], dtype=object), np.zeros((0, 4), np.float32)]:
+        p = to_typed_proto(a)
+        assert not p.tensor_content
+        b = tf.make_ndarray(p)
+        assert b.dtype == a.dtype and b.shape == a.shape and (b == a).all()
+    assert list(to_typed_proto(np.array([[3.0]], np.float32)).float_val) == [3.0]

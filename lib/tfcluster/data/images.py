@@ -164,7 +164,8 @@ def folder_dataset(files, *, channels: int, input_height: int, input_width: int,
         return tf.ensure_shape(img, [output_height, output_width, channels])
 
     # ignore_errors: a file that turned unreadable after the scan is skipped, not fatal.
-    return ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=not shuffle).ignore_errors()
+    # deterministic: the same --seed gives the same batches in the same order, run after run.
+    return ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).ignore_errors()
 
 
 # ---------------------------------------------------------------------------- MNIST

@@ -44,19 +44,16 @@ STATE_NAMES = {0: "UNKNOWN", START: "START", LOADING: "LOADING", AVAILABLE: "AVA
 
 @dataclass(frozen=True)
 class Signature:
-    """A signature of a loaded version: its function, spec (contract types) and SignatureDef."""
+    """A signature of a loaded version: its runner, spec (contract types) and method."""
 
     name: str
-    fn: Callable
+    fn: Callable[[Mapping[str, np.ndarray]], dict[str, np.ndarray]]
     method_name: str
     inputs: dict[str, contract.Tensor]
     outputs: dict[str, contract.Tensor]
 
     def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        import tensorflow as tf
-
-        out = self.fn(**{k: tf.constant(v) for k, v in inputs.items()})
-        return {k: v.numpy() for k, v in out.items()}
+        return self.fn(inputs)
 
 
 def _tensor(key: str, info) -> contract.Tensor:
@@ -89,25 +86,62 @@ def read_meta_graph(path: str, tags: set[str]):
     raise ValueError(f"no MetaGraphDef with tags {sorted(tags)} in {path} (found {found}); see --saved_model_tags")
 
 
-class Servable:
-    """One loaded version of a model."""
+def is_internal(signature_key: str) -> bool:
+    """Signatures TF Serving neither lists nor runs (`__saved_model_init_op`, the TF2 init signature)."""
+    return signature_key.startswith("__saved_model")
 
-    def __init__(self, name: str, version: int, path: str, tags: set[str]):
+
+class Servable:
+    """One loaded version of a model, run the way `tensorflow_model_server` runs it.
+
+    The SavedModel is loaded into a session (the MetaGraphDef, its init/restore ops, its
+    SignatureDefs), as TF Serving's SavedModelBundle does, for TF1 and TF2 SavedModels
+    alike; a request feeds each input tensor in place of the signature's placeholder and
+    fetches the signature's outputs. The signature's declared shapes are not enforced
+    here: what the graph accepts is served, and what it rejects comes back as the graph's
+    own error (INVALID_ARGUMENT for a bad shape). A model whose graph reads a variable
+    its checkpoint does not restore fails here as it would in TF Serving.
+    """
+
+    def __init__(self, name: str, version: int, path: str, tags: set[str], session_config=None):
         import tensorflow as tf
 
         self.name, self.version, self.path = name, version, path
         self.meta_graph = read_meta_graph(path, tags)
-        self.loaded = tf.saved_model.load(path, tags=sorted(tags))
+        self.graph = tf.Graph()
+        self.session = tf.compat.v1.Session(graph=self.graph, config=session_config)
+        from tensorflow.python.saved_model import loader_impl  # tf.compat.v1.saved_model.load, without its deprecation notice
+
+        with self.graph.as_default():
+            loader_impl.SavedModelLoader(path).load(self.session, sorted(tags))
+        self.session._extend_graph()  # the callables below run the graph as loaded
         self.signatures: dict[str, Signature] = {}
         for key, sdef in self.meta_graph.signature_def.items():
-            fn = self.loaded.signatures.get(key)
-            if fn is None:
+            if is_internal(key):
+                continue
+            infos = list(sdef.inputs.values()) + list(sdef.outputs.values())
+            if any(i.WhichOneof("encoding") != "name" for i in infos):
+                log.warning("signature %s of %s uses sparse or composite tensors; it is not served", key, path)
                 continue
             self.signatures[key] = Signature(
-                key, fn, sdef.method_name,
+                key, self._runner(sdef), sdef.method_name,
                 {k: _tensor(k, v) for k, v in sdef.inputs.items()},
                 {k: _tensor(k, v) for k, v in sdef.outputs.items()},
             )
+
+    def _runner(self, sdef) -> Callable[[Mapping[str, np.ndarray]], dict[str, np.ndarray]]:
+        feeds = {k: self.graph.get_tensor_by_name(v.name)._as_tf_output() for k, v in sdef.inputs.items()}
+        keys = list(sdef.outputs)
+        fetches = [self.graph.get_tensor_by_name(sdef.outputs[k].name)._as_tf_output() for k in keys]
+        session = self.session
+
+        def run(inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+            # The session's own feed path (TF_SessionRun): no Python-side check of the
+            # placeholder's declared shape, as in TF Serving's Session::Run.
+            values = session._call_tf_sessionrun(None, {feeds[k]: v for k, v in inputs.items()}, fetches, [], None)
+            return dict(zip(keys, values))
+
+        return run
 
     @property
     def label(self) -> str:
@@ -132,7 +166,8 @@ class Servable:
 
         m = get_model_metadata_pb2.SignatureDefMap()
         for k, v in self.meta_graph.signature_def.items():
-            m.signature_def[k].CopyFrom(v)
+            if not is_internal(k):
+                m.signature_def[k].CopyFrom(v)
         return m
 
 
@@ -191,6 +226,7 @@ class Options:
     warmup: Callable[[Servable], None] | None = None
     on_load: Callable[[str, str, bool], None] | None = None  # (model, path, ok)
     keep_history: int = 16
+    session_config: object = None  # tf.compat.v1.ConfigProto for each version's session (thread pools)
 
 
 class ModelManager:
@@ -286,27 +322,33 @@ class ModelManager:
                 return
             self._reconcile(name, m)
 
-    def _on_disk(self, m: Model) -> list[int]:
+    def _on_disk(self, m: Model) -> dict[int, str]:
+        """Version -> its folder's path. As TF Serving reads a base path: every child folder whose
+        name parses as a non-negative integer (`123`, `00000123`) is that version."""
         import tensorflow as tf
 
         base = m.config.base_path
         try:
-            entries = tf.io.gfile.listdir(base)
+            entries = sorted(e.rstrip("/") for e in tf.io.gfile.listdir(base))
         except Exception:  # noqa: BLE001 - missing folder
             entries = []
-        found = sorted(int(e.rstrip("/")) for e in entries if _VERSION_DIR.match(e.rstrip("/")))
+        found: dict[int, str] = {}
+        for e in entries:
+            if _VERSION_DIR.match(e):
+                found.setdefault(int(e), os.path.join(base, e))  # "0123" and "123": the first in name order
         if not found and not m.warned_empty:
             log.warning("No versions of servable %s found under base path %s", m.config.name, base)
         m.warned_empty = not found
         return found
 
     def _reconcile(self, name: str, m: Model) -> None:
-        on_disk = self._on_disk(m)
+        folders = self._on_disk(m)
+        on_disk = sorted(folders)
         aspired = aspired_versions(on_disk, m.config.model_version_policy if m.config.HasField("model_version_policy") else None)
         now = time.monotonic()
         for v in sorted(aspired, reverse=True):  # newest first
             vs = m.versions.get(v)
-            path = os.path.join(m.config.base_path, str(v))
+            path = folders[v]
             if vs is None or vs.state == END and vs.error is None:  # new (or unloaded earlier, aspired again)
                 vs = VersionState(v, path)
                 with self._lock:
@@ -342,7 +384,7 @@ class ModelManager:
         t0 = time.monotonic()
         log.info("Loading servable version {name: %s version: %d} from %s", name, vs.version, vs.path)
         try:
-            servable = Servable(name, vs.version, vs.path, self.opts.tags)
+            servable = Servable(name, vs.version, vs.path, self.opts.tags, self.opts.session_config)
             if self.opts.warmup is not None:
                 self.opts.warmup(servable)
         except Exception as e:  # noqa: BLE001 - any failure leaves the previous version serving

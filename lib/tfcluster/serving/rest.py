@@ -124,6 +124,71 @@ def format_predict(outputs: dict[str, np.ndarray], rows: bool) -> dict:
     return {"outputs": {k: to_json(k, a) for k, a in outputs.items()}}
 
 
+def _feature(name: str, value) -> "object":
+    """A JSON feature value (number, string, {"b64": ...}, or a list of one kind) -> tf.train.Feature,
+    typed as TF Serving's REST API types it: integers int64_list, other numbers float_list, text bytes_list."""
+    import base64
+
+    from tensorflow.core.example import feature_pb2
+
+    values = value if isinstance(value, list) else [value]
+    f = feature_pb2.Feature()
+    if values and all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+        f.int64_list.value.extend(values)
+    elif values and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+        f.float_list.value.extend(float(v) for v in values)
+    elif values and all(isinstance(v, str) or (isinstance(v, dict) and set(v) == {"b64"}) for v in values):
+        try:
+            f.bytes_list.value.extend(v.encode() if isinstance(v, str) else base64.b64decode(v["b64"], validate=True)
+                                      for v in values)
+        except (ValueError, TypeError) as e:
+            raise invalid(f"feature {name!r}: bad base64 value: {e}") from None
+    else:
+        raise invalid(f"feature {name!r}: expected a number, a string, {{\"b64\": ...}} or a non-empty list of one of them, "
+                      f"got {json.dumps(value)[:80]}")
+    return f
+
+
+def _example(obj, where: str):
+    from tensorflow.core.example import example_pb2
+
+    if not isinstance(obj, dict):
+        raise invalid(f"{where} must be a JSON object of feature name -> value")
+    ex = example_pb2.Example()
+    for k, v in obj.items():
+        ex.features.feature[k].CopyFrom(_feature(k, v))
+    return ex
+
+
+def examples_request(body, kind: str, spec):
+    """A REST :classify/:regress body {"signature_name", "context", "examples"} -> Classification/RegressionRequest."""
+    from tensorflow_serving.apis import classification_pb2, regression_pb2
+
+    if not isinstance(body, dict):
+        raise invalid("the request body must be a JSON object with 'examples'")
+    examples = body.get("examples")
+    if not isinstance(examples, list) or not examples:
+        raise invalid("'examples' must be a non-empty list of JSON objects")
+    req = (classification_pb2.ClassificationRequest if kind == "classify" else regression_pb2.RegressionRequest)()
+    req.model_spec.CopyFrom(spec)
+    if "context" in body:
+        target = req.input.example_list_with_context
+        target.context.CopyFrom(_example(body["context"], "'context'"))
+    else:
+        target = req.input.example_list
+    for i, e in enumerate(examples):
+        target.examples.add().CopyFrom(_example(e, f"example {i}"))
+    return req
+
+
+def format_classify(resp) -> dict:
+    return {"results": [[[c.label, c.score] for c in cl.classes] for cl in resp.result.classifications]}
+
+
+def format_regress(resp) -> dict:
+    return {"results": [r.value for r in resp.result.regressions]}
+
+
 def make_handler(core: Core, monitoring_path: str | None, timeout_s: float):
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.0"  # one request per connection: drains cleanly
@@ -220,12 +285,11 @@ def make_handler(core: Core, monitoring_path: str | None, timeout_s: float):
                 return self._json(404, {"error": f"Malformed request: POST {path}"})
             try:
                 body = self._read_body()
-                if m["verb"] != "predict":
-                    raise Failure(
-                        grpc.StatusCode.UNIMPLEMENTED,
-                        f":{m['verb']} over REST is not implemented by the local model server; use gRPC Classify/Regress or :predict",
-                    )
                 spec = _model_spec(m["name"], m["version"], m["label"], body.get("signature_name", "") if isinstance(body, dict) else "")
+                if m["verb"] == "classify":
+                    return self._json(200, format_classify(core.classify_proto(examples_request(body, "classify", spec), "REST")))
+                if m["verb"] == "regress":
+                    return self._json(200, format_regress(core.regress_proto(examples_request(body, "regress", spec), "REST")))
 
                 def go():
                     servable = core.manager.resolve(spec)

@@ -76,6 +76,8 @@ def parser() -> argparse.ArgumentParser:
     a("--saved_model_tags", default="serve", help="comma-separated MetaGraphDef tags (default: serve)")
     a("--grpc_channel_arguments", default="", help="comma-separated gRPC server arguments key=value")
     a("--grpc_max_threads", type=int, default=4 * cores, help=f"gRPC worker threads (default: 4 x cores = {4 * cores})")
+    flag("--enable_signature_method_name_check", False,
+         "Classify/Regress/MultiInference only on signatures whose method_name says so (TF2 signatures all say predict)")
     flag("--enable_model_warmup", True, "replay assets.extra/tf_serving_warmup_requests before a version serves")
     a("--num_request_iterations_for_warmup", type=int, default=1, help="replays of each warmup record (default: 1)")
     a("--monitoring_config_file", default="", help="MonitoringConfig text proto (Prometheus on the REST port)")
@@ -170,13 +172,15 @@ class ModelServer:
         self.batcher = Batcher(batch_opts, on_batch=lambda label, n: self.metrics.batch_size.observe(n, label.split()[1])) if batch_opts else None
         opts = Options(
             tags=set(t.strip() for t in args.saved_model_tags.split(",") if t.strip()),
+            session_config=tf.compat.v1.ConfigProto(intra_op_parallelism_threads=intra or 0,
+                                                    inter_op_parallelism_threads=inter or 0),
             max_num_load_retries=args.max_num_load_retries,
             load_retry_interval_s=args.load_retry_interval_micros / 1e6,
             allow_labels_for_unavailable=args.allow_version_labels_for_unavailable_models,
             on_load=lambda name, path, ok: self.metrics.load_attempts.inc(path, "success" if ok else "fail"),
         )
         self.manager = ModelManager(opts)
-        self.core = Core(self.manager, self.metrics, self.batcher)
+        self.core = Core(self.manager, self.metrics, self.batcher, check_method_names=args.enable_signature_method_name_check)
         if args.enable_model_warmup:
             opts.warmup = lambda s: self.core.warmup(s, args.num_request_iterations_for_warmup)
         try:

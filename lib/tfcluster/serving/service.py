@@ -9,6 +9,7 @@ the protos of `tensorflow_serving.apis`, exactly as `tensorflow_model_server` fi
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 from typing import Mapping
@@ -28,11 +29,25 @@ from tfcluster.serving.models import (
     Servable,
     Signature,
 )
-from tfcluster.serving.tensors import Failure, from_proto, invalid, to_proto
+from tfcluster.serving.tensors import Failure, from_proto, invalid, to_typed_proto
 
 log = logging.getLogger("tfcluster.serving")
 
 _TF_CODES = {c.value[0]: c for c in grpc.StatusCode}
+
+
+_NODE = re.compile(r"\s*\[\[\{\{.*?\}\}\]\]")
+_SHAPE_ASSERT = re.compile(r"^assertion failed: \[(?P<msg>.*)\] \[got shape\] \[(?P<shape>[\d ]*)\]$")
+
+
+def graph_message(message: str) -> str:
+    """A graph's error for people: one line, without the `[[{{node ...}}]]` trail; an input check of an
+    exported model (`tfcluster.export.require_shape`) reads `<its message>; got shape [3, 3]`."""
+    msg = " ".join(_NODE.sub("", str(message)).split())
+    m = _SHAPE_ASSERT.match(msg)
+    if m:
+        msg = f"{m['msg']}; got shape [{', '.join(m['shape'].split())}]"
+    return msg
 
 
 def as_failure(e: Exception) -> Failure:
@@ -42,8 +57,7 @@ def as_failure(e: Exception) -> Failure:
     import tensorflow as tf
 
     if isinstance(e, tf.errors.OpError):
-        msg = " ".join(str(e.message).split())
-        return Failure(_TF_CODES.get(e.error_code, grpc.StatusCode.INTERNAL), msg)
+        return Failure(_TF_CODES.get(e.error_code, grpc.StatusCode.INTERNAL), graph_message(e.message))
     if isinstance(e, (TypeError, ValueError)):
         return invalid(" ".join(str(e).split()))
     if isinstance(e, RecursionError):  # a request value nested deeper than any tensor
@@ -53,19 +67,25 @@ def as_failure(e: Exception) -> Failure:
 
 
 class Core:
-    def __init__(self, manager: ModelManager, metrics: Metrics, batcher: Batcher | None = None):
+    def __init__(self, manager: ModelManager, metrics: Metrics, batcher: Batcher | None = None,
+                 check_method_names: bool = False):
         self.manager, self.metrics, self.batcher = manager, metrics, batcher
+        self.check_method_names = check_method_names  # --enable_signature_method_name_check
         self.draining = threading.Event()
 
     # ---- running a signature -------------------------------------------------------------
     def run(self, servable: Servable, sig: Signature, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        import tensorflow as tf
+
         servable.check(sig, inputs)
-        if self.batcher is None:
-            return sig.run(inputs)
-        fut = self.batcher.submit(
-            (id(servable), sig.name), f"model {servable.name} version {servable.version} signature {sig.name}", sig.run, inputs
-        )
-        return fut.result()
+        where = f"model {servable.name} version {servable.version} signature {sig.name}"
+        try:
+            if self.batcher is None:
+                return sig.run(inputs)
+            return self.batcher.submit((id(servable), sig.name), where, sig.run, inputs).result()
+        except tf.errors.OpError as e:  # the graph refused the request: say which model answered
+            f = as_failure(e)
+            raise Failure(f.code, f"{where}: {f.message}") from None
 
     def predict(self, spec, inputs: Mapping[str, np.ndarray], output_filter=()) -> tuple[Servable, Signature, dict]:
         servable = self.manager.resolve(spec)
@@ -105,7 +125,7 @@ class Core:
             resp = predict_pb2.PredictResponse()
             fill_spec(resp.model_spec, servable, sig.name)
             for k, v in out.items():
-                resp.outputs[k].CopyFrom(to_proto(v))
+                resp.outputs[k].CopyFrom(to_typed_proto(v))
             return resp
 
         return self.timed(request.model_spec.name, "predict", entrypoint, go)
@@ -153,6 +173,7 @@ class Core:
         return resp
 
     def _examples(self, request) -> np.ndarray:
+        """The request's Input (ExampleList, or ExampleListWithContext merged as TF Serving does) as serialized Examples."""
         from tensorflow.core.example import example_pb2
 
         which = request.input.WhichOneof("kind")
@@ -172,38 +193,71 @@ class Core:
             raise invalid("Input is empty: no examples")
         return np.array([e.SerializeToString() for e in exs], dtype=object)
 
-    def _method_call(self, request, api: str, method: str):
-        servable = self.manager.resolve(request.model_spec)
-        sig = servable.signature(request.model_spec.signature_name)
-        if sig.method_name != method:
-            raise Failure(
-                grpc.StatusCode.UNIMPLEMENTED,
-                f"{api} is not available for model {servable.name} version {servable.version}: signature {sig.name} "
-                f"has method_name {sig.method_name!r}, not {method!r}; call Predict for this signature",
-            )
+    def _signature_for(self, servable: Servable, name: str, api: str, method: str) -> Signature:
+        """The signature for a Classify/Regress call, checked as TF Serving checks it.
+
+        The method name is checked only with --enable_signature_method_name_check (TF Serving's
+        default is off, which is what lets TF2 SavedModels, whose signatures all say
+        `predict`, be classified); the inputs and outputs always are.
+        """
+        sig = servable.signature(name)
+        where = f"model {servable.name} version {servable.version} signature {sig.name}"
+        if self.check_method_names and sig.method_name != method:
+            raise invalid(f"{where}: expected {api} signature method_name to be {method}. Was: {sig.method_name}")
         if len(sig.inputs) != 1:
-            raise invalid(f"{api} signature {sig.name} must have exactly one (serialized tf.Example) input")
+            raise invalid(f"{where}: expected one input Tensor (serialized tf.Example), got {len(sig.inputs)}")
+        (t,) = sig.inputs.values()
+        if t.dtype != "string":
+            raise invalid(f"{where}: {api} input must be a string tensor of serialized tf.Example, got {t.dtype}")
+        if method == CLASSIFY_METHOD and not {"classes", "scores"} & set(sig.outputs):
+            raise invalid(f'{where}: expected classification signature outputs to contain at least one of "classes" or "scores"')
+        if method == REGRESS_METHOD and "outputs" not in sig.outputs:
+            raise invalid(f"{where}: no output Tensor with alias 'outputs' in the regression signature")
+        return sig
+
+    def _run_examples(self, servable: Servable, sig: Signature, examples: np.ndarray) -> dict[str, np.ndarray]:
         (key,) = sig.inputs
-        return servable, sig, self.run(servable, sig, {key: self._examples(request)})
+        return self.run(servable, sig, {key: examples})
+
+    @staticmethod
+    def _classification(out: dict[str, np.ndarray], n: int, result) -> None:
+        classes, scores = out.get("classes"), out.get("scores")
+        for name, a in (("classes", classes), ("scores", scores)):
+            if a is not None and (a.ndim not in (1, 2) or a.shape[0] != n):
+                raise invalid(f"Expected {name} Tensor shape: [batch_size num_classes] with batch_size {n}, got {list(a.shape)}")
+        if classes is not None and scores is not None and classes.shape != scores.shape:
+            raise invalid(f"Tensors classes and scores should have the same shape, got {list(classes.shape)} and {list(scores.shape)}")
+        cols = [a.reshape(n, -1) if a is not None else None for a in (classes, scores)]
+        k = next(a.shape[1] for a in cols if a is not None)
+        for i in range(n):
+            c = result.classifications.add()
+            for j in range(k):
+                cls = c.classes.add()
+                if cols[0] is not None:
+                    label = cols[0][i][j]
+                    cls.label = label.decode("utf-8", "replace") if isinstance(label, bytes) else str(label)
+                if cols[1] is not None:
+                    cls.score = float(cols[1][i][j])
+
+    @staticmethod
+    def _regression(out: dict[str, np.ndarray], n: int, result) -> None:
+        values = np.asarray(out["outputs"])
+        if not (values.shape == (n,) or values.shape == (n, 1)):
+            raise invalid(f"Expected output Tensor shape to be either [batch_size] or [batch_size, 1] with batch_size {n}, "
+                          f"got {list(values.shape)}")
+        for v in values.reshape(-1):
+            result.regressions.add(value=float(v))
 
     def classify_proto(self, request, entrypoint: str = "GRPC"):
         from tensorflow_serving.apis import classification_pb2
 
         def go():
-            servable, sig, out = self._method_call(request, "Classify", CLASSIFY_METHOD)
+            servable = self.manager.resolve(request.model_spec)
+            sig = self._signature_for(servable, request.model_spec.signature_name, "Classify", CLASSIFY_METHOD)
+            examples = self._examples(request)
             resp = classification_pb2.ClassificationResponse()
             fill_spec(resp.model_spec, servable, sig.name)
-            classes, scores = out.get("classes"), out.get("scores")
-            n = len(classes if classes is not None else scores)
-            for i in range(n):
-                c = resp.result.classifications.add()
-                k = (classes if classes is not None else scores).shape[1] if (classes if classes is not None else scores).ndim > 1 else 1
-                for j in range(k):
-                    cls = c.classes.add()
-                    if classes is not None:
-                        cls.label = classes[i][j].decode() if isinstance(classes[i][j], bytes) else str(classes[i][j])
-                    if scores is not None:
-                        cls.score = float(scores[i][j])
+            self._classification(self._run_examples(servable, sig, examples), len(examples), resp.result)
             return resp
 
         return self.timed(request.model_spec.name, "classify", entrypoint, go)
@@ -212,15 +266,57 @@ class Core:
         from tensorflow_serving.apis import regression_pb2
 
         def go():
-            servable, sig, out = self._method_call(request, "Regress", REGRESS_METHOD)
+            servable = self.manager.resolve(request.model_spec)
+            sig = self._signature_for(servable, request.model_spec.signature_name, "Regress", REGRESS_METHOD)
+            examples = self._examples(request)
             resp = regression_pb2.RegressionResponse()
             fill_spec(resp.model_spec, servable, sig.name)
-            values = np.asarray(out.get("outputs", next(iter(out.values())))).reshape(-1)
-            for v in values:
-                resp.result.regressions.add(value=float(v))
+            self._regression(self._run_examples(servable, sig, examples), len(examples), resp.result)
             return resp
 
         return self.timed(request.model_spec.name, "regress", entrypoint, go)
+
+    def multi_inference_proto(self, request, entrypoint: str = "GRPC"):
+        """Several Classify/Regress tasks of one model version on the same examples (TF Serving's MultiInference)."""
+        from tensorflow_serving.apis import inference_pb2
+
+        tasks = list(request.tasks)
+        model = tasks[0].model_spec.name if tasks else ""
+
+        def go():
+            if not tasks:
+                raise invalid("MultiInferenceRequest has no tasks")
+            names = {t.model_spec.name for t in tasks}
+            if len(names) != 1:
+                raise invalid(f"All tasks must use the same model name (got {', '.join(sorted(names))})")
+            specs = {(t.model_spec.WhichOneof("version_choice"), t.model_spec.version.value, t.model_spec.version_label)
+                     for t in tasks}
+            if len(specs) != 1:
+                raise invalid("All tasks must use the same model version or label")
+            seen = set()
+            for t in tasks:
+                key = t.model_spec.signature_name or "serving_default"
+                if key in seen:
+                    raise invalid(f"Duplicate evaluation of signature: {key}")
+                seen.add(key)
+                if t.method_name not in (CLASSIFY_METHOD, REGRESS_METHOD):
+                    raise invalid(f"Unsupported signature method_name: {t.method_name!r} (classify or regress)")
+            servable = self.manager.resolve(tasks[0].model_spec)
+            examples = self._examples(request)
+            resp = inference_pb2.MultiInferenceResponse()
+            for t in tasks:
+                api = "Classify" if t.method_name == CLASSIFY_METHOD else "Regress"
+                sig = self._signature_for(servable, t.model_spec.signature_name, api, t.method_name)
+                out = self._run_examples(servable, sig, examples)
+                r = resp.results.add()
+                fill_spec(r.model_spec, servable, sig.name)
+                if t.method_name == CLASSIFY_METHOD:
+                    self._classification(out, len(examples), r.classification_result)
+                else:
+                    self._regression(out, len(examples), r.regression_result)
+            return resp
+
+        return self.timed(model, "multi_inference", entrypoint, go)
 
     # ---- warmup --------------------------------------------------------------------------
     def warmup(self, servable: Servable, iterations: int = 1, limit: int = 1000) -> int:
@@ -302,7 +398,10 @@ def add_services(server: grpc.Server, core: Core) -> None:
                 _abort(context, e)
 
         def MultiInference(self, request, context):
-            context.abort(grpc.StatusCode.UNIMPLEMENTED, "MultiInference is not implemented by the local model server; call Predict")
+            try:
+                return core.multi_inference_proto(request)
+            except Exception as e:  # noqa: BLE001
+                _abort(context, e)
 
     class ModelService(model_service_pb2_grpc.ModelServiceServicer):
         def GetModelStatus(self, request, context):

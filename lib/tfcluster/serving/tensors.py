@@ -48,14 +48,13 @@ def describe(t: contract.Tensor) -> str:
     return f"{t.key}: {t.dtype} [{dims}]"
 
 
-def compatible(shape: tuple[int, ...], spec: tuple[int | None, ...] | None) -> bool:
-    if spec is None:
-        return True
-    return len(shape) == len(spec) and all(s is None or s == d for d, s in zip(shape, spec))
-
-
 def check_inputs(where: str, inputs: Mapping[str, np.ndarray], spec: Mapping[str, contract.Tensor]) -> None:
-    """INVALID_ARGUMENT for an unknown or missing key, a wrong dtype or a wrong shape."""
+    """INVALID_ARGUMENT for an unknown or missing key or a wrong dtype: what TF Serving itself refuses.
+
+    Shapes are left to the graph, as in TF Serving: a tensor that does not match the
+    signature's declared shape is fed all the same, and the graph answers (an elementwise
+    model computes; a model whose graph checks its input says what it expects).
+    """
     expected = "{" + ", ".join(describe(t) for t in spec.values()) + "}"
     extra = sorted(set(inputs) - set(spec))
     if extra:
@@ -69,10 +68,9 @@ def check_inputs(where: str, inputs: Mapping[str, np.ndarray], spec: Mapping[str
     for key, array in inputs.items():
         t = spec[key]
         got = dtype_name(array)
-        if got != t.dtype or not compatible(array.shape, t.shape):
-            what = "dtype" if got != t.dtype else "shape"
+        if got != t.dtype:
             raise invalid(
-                f"{where}: input '{key}' has the wrong {what}: got {got} {list(array.shape)}, "
+                f"{where}: input '{key}' has the wrong dtype: got {got} {list(array.shape)}, "
                 f"expected {describe(t)}."
             )
 
@@ -90,6 +88,39 @@ def to_proto(array: Any, dtype: str | None = None):
     if dtype is not None and dtype != "string":
         a = a.astype(tf.as_dtype(dtype).as_numpy_dtype, copy=False)
     return tf.make_tensor_proto(a)
+
+
+# The repeated field `Tensor::AsProtoField` fills for each dtype, as TF Serving answers.
+_TYPED_FIELD = {
+    "float32": "float_val", "float64": "double_val", "int32": "int_val", "int16": "int_val", "int8": "int_val",
+    "uint8": "int_val", "uint16": "int_val", "int64": "int64_val", "uint32": "uint32_val", "uint64": "uint64_val",
+    "bool": "bool_val", "float16": "half_val", "bfloat16": "half_val", "complex64": "scomplex_val",
+    "complex128": "dcomplex_val",
+}
+
+
+def to_typed_proto(array: Any):
+    """numpy array -> TensorProto with the typed value fields (`float_val`, `int64_val`, `string_val`, ...),
+    not `tensor_content`: what TF Serving puts in responses, and what its clients read directly."""
+    import tensorflow as tf
+
+    a = np.asarray(array)
+    if a.dtype.kind in "OSU":
+        return to_proto(a)  # strings are always string_val
+    dtype = tf.as_dtype(a.dtype)
+    field = _TYPED_FIELD.get(dtype.name)
+    if field is None:
+        return tf.make_tensor_proto(a)
+    proto = tf.make_tensor_proto(np.zeros((0,), a.dtype))
+    proto.ClearField("tensor_content")
+    proto.tensor_shape.CopyFrom(tf.TensorShape(a.shape).as_proto())
+    flat = a.ravel()
+    if field == "half_val":
+        flat = flat.view(np.uint16)
+    elif field in ("scomplex_val", "dcomplex_val"):
+        flat = np.stack([flat.real, flat.imag], axis=-1).ravel()
+    getattr(proto, field).extend(flat.tolist())
+    return proto
 
 
 def from_proto(proto) -> np.ndarray:

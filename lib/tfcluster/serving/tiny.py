@@ -3,7 +3,8 @@
 For tests, `bench/serving.py` and trying the server without training a workload:
 
 * `pg_policy(seed)`: observation float32 [batch, 4] -> action int64, probabilities float32
-  (a fixed linear softmax policy; `seed` picks the weights, so versions differ);
+  (a fixed linear softmax policy; `seed` picks the weights, so versions differ; its graph
+  refuses another width with `observation must have shape [batch, 4]`);
 * `nmt_echo()`: source string [batch] -> translation string, score float32 (upper-cases
   the sentence and reverses its words; stands in for a translation model);
 * `dcgan_ramp(z_dim, size)`: z float32 [batch, z_dim] -> images uint8 [batch, size, size, 1];
@@ -42,6 +43,10 @@ def pg_policy(seed: int = 0, obs_dim: int = 4, actions: int = 2):
 
         @tf.function(input_signature=[tf.TensorSpec([None, obs_dim], tf.float32, name="observation")])
         def serve(self, observation):
+            from tfcluster import export
+
+            # The graph checks its input, as the pg workload's export does (TF Serving feeds any shape).
+            observation = export.require_shape(observation, [obs_dim], f"observation must have shape [batch, {obs_dim}]")
             p = tf.nn.softmax(tf.matmul(observation, self.w) + self.b)
             return {"action": tf.argmax(p, axis=-1, output_type=tf.int64), "probabilities": p}
 

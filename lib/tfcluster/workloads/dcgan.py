@@ -555,13 +555,12 @@ def serving_module(generator, z_dim: int):
 
     z_key = contract.DCGAN.inputs[0].key
     out_key = contract.DCGAN.outputs[0].key
-    module = tf.Module()
-    module.generator = generator
+    module = tf.Module()  # save_version tracks the variables `serve` reads, not the Keras model
 
     @tf.function(input_signature=[tf.TensorSpec([None, z_dim], tf.float32, name=z_key)])
     def serve(z):
         z = export_mod.require_shape(z, [z_dim], f"{z_key} must have shape [batch, {z_dim}]")
-        return {out_key: to_uint8(module.generator(z, training=False))}
+        return {out_key: to_uint8(generator(z, training=False))}
 
     module.serve = serve
     return module

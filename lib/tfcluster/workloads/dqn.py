@@ -439,8 +439,7 @@ def export(weights: list[np.ndarray], cfg: Config, model_base_path: str) -> str:
     spec = net_spec(cfg)
     model = build_q_network(obs_space.shape, obs_space.dtype.name, num_actions, spec.header, spec.hidden_sizes, spec.dueling)
     model.set_weights(weights)
-    module = tf.Module()
-    module.model = model
+    module = tf.Module()  # save_version tracks the variables `serve` reads, not the Keras model
     shape = list(obs_space.shape)
     in_dtype = tf.as_dtype(obs_space.dtype)
 

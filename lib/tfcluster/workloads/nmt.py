@@ -743,8 +743,7 @@ def serving_module(model, cfg: Config):
     class Translator(tf.Module):
         def __init__(self):
             super().__init__(name="translator")
-            self.model = model
-            self.variables_by_path = weights(model)  # tracked explicitly (see weights())
+            # The model is not an attribute: save_version tracks the variables `serve` reads.
             self.src_table = text.lookup_table(cfg.vocab_files[0])
             self.tgt_vocab = tf.Variable(text.load_vocab(cfg.vocab_files[1]), trainable=False, name="tgt_vocab")
 
@@ -758,7 +757,7 @@ def serving_module(model, cfg: Config):
             # An empty sentence becomes one </s> so the encoder has a step to read.
             src_len = tf.maximum(src_len, 1)
             src = tf.cond(tf.shape(src)[1] > 0, lambda: src, lambda: tf.fill([tf.shape(src)[0], 1], text.EOS_ID))
-            out_ids, score = decode(self.model, cfg, src, src_len)
+            out_ids, score = decode(model, cfg, src, src_len)
             words = ids_to_tokens(out_ids, self.tgt_vocab)
             return {
                 contract.NMT.outputs[0].key: tf.strings.reduce_join(words, axis=-1, separator=" "),

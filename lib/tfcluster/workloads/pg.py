@@ -276,8 +276,7 @@ def export(weights: list[np.ndarray], cfg: Config, model_base_path: str) -> str:
     head = resolve_head(cfg.head, num_actions)
     model = build_model(obs_dim, num_actions, cfg.hidden_units, head)
     model.set_weights(weights)
-    module = tf.Module()
-    module.model = model
+    module = tf.Module()  # save_version tracks the variables `serve` reads, not the Keras model
 
     @tf.function(input_signature=[tf.TensorSpec([None, None], tf.float32, name="observation")])
     def serve(observation):
