@@ -24,3 +24,18 @@ def ray_local():
                  runtime_env={"env_vars": {"PYTHONPATH": os.path.join(ROOT, "lib"), "KERAS_BACKEND": "tensorflow"}})
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture
+def tf_serving_run():
+    """Run a signature of an exported SavedModel the way TensorFlow Serving does: a session over its
+    MetaGraphDef, restored by its saver (not tf.saved_model.load's object graph)."""
+    import numpy as np
+
+    from tfcluster.serving.models import Servable
+
+    def run(path, inputs, signature="serving_default"):
+        servable = Servable("check", 1, path, {"serve"})
+        return servable.signatures[signature].run({k: np.asarray(v) for k, v in inputs.items()})
+
+    return run

@@ -33,7 +33,7 @@ def test_memory_beyond_available_and_bad_network_are_one_line():
         DQNConfig().environment("CartPole-v1").training(network_header_type="nips").build()
 
 
-def test_return_rises_on_cartpole_and_export_matches(tmp_path):
+def test_return_rises_on_cartpole_and_export_matches(tmp_path, tf_serving_run):
     algo = (DQNConfig().environment("CartPole-v1")
             .training(t_learn_start=500, t_ep_end=2000, steps_per_stats=3000, t_test=0, test_episodes=5,
                       mlp_hidden_sizes="64,64", learning_rate=0.0005, ep_end=0.01, t_train_freq=1,
@@ -58,5 +58,6 @@ def test_return_rises_on_cartpole_and_export_matches(tmp_path):
         np.testing.assert_allclose(out["q_values"].numpy(), policy.q_values(obs), rtol=1e-4, atol=1e-4)
         with pytest.raises(tf.errors.InvalidArgumentError, match=r"observation must have shape \[batch, 4\]"):
             fn(observation=tf.zeros((2, 5)))
+        np.testing.assert_array_equal(tf_serving_run(path, {"observation": obs})["action"], out["action"].numpy())
     finally:
         algo.stop()

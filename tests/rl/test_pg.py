@@ -57,7 +57,7 @@ def test_restore_keeps_the_configured_learning_rate(algo, tmp_path):
         other.stop()
 
 
-def test_export_reload_same_actions_and_shape_error(algo, tmp_path):
+def test_export_reload_same_actions_and_shape_error(algo, tmp_path, tf_serving_run):
     path = pg.export(algo.policy_weights(), algo.cfg, str(tmp_path))
     assert path.endswith("/pg/1")
     fn = tf.saved_model.load(path).signatures["serving_default"]
@@ -69,6 +69,7 @@ def test_export_reload_same_actions_and_shape_error(algo, tmp_path):
     np.testing.assert_array_equal(out["action"].numpy(), policy.act(obs, 0.0, np.random.default_rng()))
     with pytest.raises(tf.errors.InvalidArgumentError, match=r"observation must have shape \[batch, 4\]"):
         fn(observation=tf.zeros((1, 3)))
+    np.testing.assert_array_equal(tf_serving_run(path, {"observation": obs})["action"], out["action"].numpy())
 
 
 def test_runs_with_a_remote_env_runner(ray_local):

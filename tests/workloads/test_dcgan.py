@@ -189,7 +189,7 @@ def test_sample_grids_are_written_per_epoch_and_step(trained):
     assert Image.open(os.path.join(cfg.samples_path, names[0])).size == (8 * 16, 8 * 16)
 
 
-def test_export_signature_returns_the_in_process_generator_output(trained, tmp_path):
+def test_export_signature_returns_the_in_process_generator_output(trained, tmp_path, tf_serving_run):
     import tensorflow as tf
 
     from tfcluster import export as export_mod
@@ -205,6 +205,9 @@ def test_export_signature_returns_the_in_process_generator_output(trained, tmp_p
     images = out[contract.DCGAN.outputs[0].key].numpy()
     assert images.dtype == np.uint8 and images.shape == (4, 16, 16, 3)
     np.testing.assert_array_equal(images, dcgan.to_uint8(task.generator(z, training=False)).numpy())
+    np.testing.assert_array_equal(tf_serving_run(path, {"z": z})["images"], images)  # as TF Serving loads it
+    with pytest.raises(tf.errors.InvalidArgumentError, match=rf"z must have shape \[batch, {cfg.z_dim}\]"):
+        tf_serving_run(path, {"z": z[:, :3]})  # the graph's own check, before the generator
 
 
 def test_visualize_writes_grid_and_interpolation(trained, tmp_path):

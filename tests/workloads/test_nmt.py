@@ -74,7 +74,7 @@ def test_loss_falls_and_bleu_reaches_the_known_corpus(trained):
     assert os.path.isdir(os.path.join(cfg.out_dir, "tb"))
 
 
-def test_export_serves_text_equal_to_in_process(trained, tmp_path):
+def test_export_serves_text_equal_to_in_process(trained, tmp_path, tf_serving_run):
     cfg, _ = trained
     path = nmt.export_checkpoint(cfg, which="best", model_base_path=str(tmp_path / "models"))
     assert path.endswith(os.path.join("nmt", "1"))
@@ -87,6 +87,9 @@ def test_export_serves_text_equal_to_in_process(trained, tmp_path):
     local = module.serve(tf.constant(sentences))
     assert served["translation"].numpy().tolist() == local["translation"].numpy().tolist()
     np.testing.assert_allclose(served["score"].numpy(), local["score"].numpy(), rtol=1e-5)
+    # TF Serving's way of loading (a session restoring the saver's checkpoint) gives the same translations.
+    in_session = tf_serving_run(path, {"source": np.array([x.encode() for x in sentences], dtype=object)})
+    assert in_session["translation"].tolist() == local["translation"].numpy().tolist()
     got = [s.decode() for s in served["translation"].numpy()]
     # Sentences of known words translate exactly ("the" is outside the vocabulary: <unk>).
     assert got[0] == toy.reference(sentences[0]) and got[2] == toy.reference(sentences[2])
