@@ -12,7 +12,8 @@ lines, such as `failed call to cuInit` on a machine without a GPU, are not shown
 its Python logger (WARNING) are set when the user has not set them.
 
 In Ray processes the hook is installed by `worker_setup`, Ray's
-`worker_process_setup_hook`, which runs before any task or actor of the job.
+`worker_process_setup_hook`, which runs before any task or actor of the job; it also
+guards the runs against Ray Train's placement-group cleaner (`guard_placement_group_cleaner`).
 """
 
 from __future__ import annotations
@@ -139,6 +140,39 @@ def quiet_train_worker() -> None:
         logging.getLogger(train_context.__file__).setLevel(logging.WARNING)
 
 
+class _DropMessage(logging.Filter):
+    def __init__(self, text: str):
+        super().__init__()
+        self.text = text
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return self.text not in record.getMessage()
+
+
+def guard_placement_group_cleaner() -> bool:
+    """Ray Train 2.60's PlacementGroupCleaner reads a State API miss (no answer for the
+    controller actor) as "the controller is dead" and removes the run's placement group,
+    which kills a healthy run's workers (ray-project/ray PR 65447, "Live PGs cleaned after
+    false death"). Here an unknown state counts as alive; only a controller the State API
+    reports DEAD is cleaned up. Its once-a-second "Failed to query ... Continuing to
+    monitor" warning (the State API is off on a local Ray without a dashboard) is dropped;
+    the line it logs when it does clean up stays."""
+    try:
+        from ray.train.v2._internal.execution.controller import placement_group_cleaner as pgc
+        from ray.train.v2._internal.state import util as state_util
+    except ImportError:  # another Ray: nothing to guard
+        return False
+
+    def is_actor_alive(actor_id: str, timeout: int) -> bool:
+        state = state_util.get_actor(actor_id, timeout=timeout)
+        return state is None or state.state != "DEAD"
+
+    pgc.is_actor_alive = is_actor_alive
+    logging.getLogger(pgc.__name__).addFilter(_DropMessage("Failed to query Ray Train Controller actor state"))
+    return True
+
+
 def worker_setup() -> None:
     """Ray's worker_process_setup_hook: runs in each worker before its first task or actor."""
     install()
+    guard_placement_group_cleaner()
