@@ -9,9 +9,8 @@ import os
 import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "lib"))
-os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
-from tfcluster.workloads.dqn import main  # noqa: E402
+from tfcluster.workloads import main  # noqa: E402
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main("dqn"))

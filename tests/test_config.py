@@ -88,4 +88,4 @@ def test_shipped_presets_load_by_name_and_are_valid():
     assert (iwslt["num_units"], iwslt["encoder_type"], iwslt["beam_width"], iwslt["decay_scheme"]) == (512, "bi", 10, "luong234")
     for name in names:
         wl = workloads.get(name.split("_")[0])
-        C.build(wl.Config, C.load_json(name), name)  # every key is a real setting
+        C.build(wl.config, C.load_json(name), name)  # every key is a real setting

@@ -22,9 +22,9 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     wl = workloads.get(a.workload)
     require_file(f"{a.out_dir}/{config_mod.CONFIG_FILE}", "training run (config.json)")
-    cfg = config_mod.load(wl.Config, a.out_dir)
-    cfg = config_mod.build(wl.Config, {**config_mod.to_dict(cfg), "out_dir": a.out_dir, "model_base_path": a.model_base_path})
-    path = wl.export_checkpoint(cfg, which=a.checkpoint)
+    cfg = config_mod.load(wl.config, a.out_dir)
+    cfg = config_mod.build(wl.config, {**config_mod.to_dict(cfg), "out_dir": a.out_dir, "model_base_path": a.model_base_path})
+    path = wl.export(cfg, a.checkpoint)
     if not path:
         raise UserError(f"nothing exported from {a.out_dir}")
     print(path)

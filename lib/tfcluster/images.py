@@ -39,3 +39,32 @@ def save_image(path: str, image: np.ndarray) -> str:
         image = image[..., 0]
     Image.fromarray(image).save(path)
     return path
+
+
+def fit_image(path: str, height: int, width: int, channels: int) -> np.ndarray:
+    """An image file as uint8 [height, width, channels] for a model with that fixed input size.
+
+    Scaled to `height` keeping its aspect ratio; a wider result is squeezed to `width`, a
+    narrower one is padded on the right with the colour of its own border, so a text
+    line keeps its proportions and its background. One-line errors for unreadable files.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    from tfcluster.errors import UserError
+
+    try:
+        with Image.open(path) as im:
+            im = im.convert("L" if channels == 1 else "RGB")
+    except FileNotFoundError:
+        raise UserError(f"image {path} not found") from None
+    except (UnidentifiedImageError, OSError) as e:
+        raise UserError(f"cannot read image {path}: {e}") from None
+    w = max(1, min(width, round(im.width * height / max(1, im.height))))
+    a = np.asarray(im.resize((w, height), Image.BILINEAR), dtype=np.uint8)
+    if a.ndim == 2:
+        a = a[..., None]
+    if w < width:
+        edge = np.concatenate([a[0], a[-1], a[:, 0], a[:, -1]]).reshape(-1, a.shape[-1])
+        pad = np.broadcast_to(np.median(edge, axis=0).astype(np.uint8), (height, width - w, a.shape[-1]))
+        a = np.concatenate([a, pad], axis=1)
+    return a

@@ -23,10 +23,11 @@ from pathlib import Path
 from typing import Any
 
 from tfcluster.errors import UserError
+from tfcluster.workloads import WORKLOADS as workload_registry
 
 RAY_DIR = Path(__file__).resolve().parents[2] / "k8s" / "ray"
 GROUP, VERSION, PLURAL = "ray.io", "v1", "rayjobs"
-WORKLOADS = ("nmt", "dcgan", "dqn", "pg")
+WORKLOADS = tuple(workload_registry)  # each has k8s/ray/rayjob-<workload>.yaml
 _TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
 _NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 

@@ -12,7 +12,7 @@ from google.protobuf import text_format
 from tensorflow_serving.config import model_server_config_pb2
 
 from kube_support import CHART, EXAMPLES, K8S_VERSIONS
-from tfcluster import contract
+from tfcluster import contract, workloads
 
 VALUE_SETS = {
     "defaults": {},
@@ -304,13 +304,16 @@ def test_doc_comment_check_finds_a_missing_comment(tmp_path):
     assert _undocumented_values(p) == ["image.tag"]
 
 
-@pytest.mark.parametrize("model", list(contract.MODELS))
+SERVED = {w.serving.name: w.serving for w in map(workloads.get, workloads.WORKLOADS)}  # every workload's contract
+
+
+@pytest.mark.parametrize("model", list(SERVED))
 def test_example_values_per_model(render, model):
     path = EXAMPLES / f"{model}-values.yaml"
     values = yaml.safe_load(path.read_text())
     names = [m["name"] for m in values["models"]]
     assert names == [model]
-    assert set(names) <= set(contract.MODELS)  # the serving contract's names, nothing else
+    assert set(names) <= set(SERVED)  # the serving contract's names, nothing else
     objs = render(values, release=model)
     for obj in objs:
         if not obj["apiVersion"].startswith("monitoring.coreos.com/"):
@@ -322,4 +325,4 @@ def test_example_values_per_model(render, model):
 def test_all_example_files_name_contract_models():
     for path in sorted(EXAMPLES.glob("*-values.yaml")):
         for m in yaml.safe_load(path.read_text())["models"]:
-            assert m["name"] in contract.MODELS, f"{path.name}: {m['name']} is not in tfcluster.contract.MODELS"
+            assert m["name"] in SERVED, f"{path.name}: {m['name']} is not the model of a registered workload"

@@ -11,9 +11,9 @@ import pytest
 import yaml
 
 from kube_support import RAY_DIR, K8S_VERSIONS
-from tfcluster import contract
+from tfcluster import workloads
 
-WORKLOADS = ("nmt", "dcgan", "dqn", "pg")
+WORKLOADS = tuple(workloads.WORKLOADS)  # every registered workload has its RayJob
 
 
 def manifests():
@@ -116,7 +116,7 @@ def test_rayjob_per_workload(workload):
     if flags.get("--use_gpu") == "true":
         assert workers["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"
     # The model lands where the serving chart looks: <claim tfcluster-models>/<model>/<version>.
-    assert workload in contract.MODELS
+    assert workloads.get(workload).serving.name == workload
 
 
 def test_jobs_and_serving_share_the_models_claim(render):

@@ -4,6 +4,7 @@
   tfcluster predict --model pg --observation '[0.01, -0.02, 0.03, 0.04]'
   tfcluster predict --model dqn --observation '[[...], [...]]' --label stable
   tfcluster predict --model dcgan --num_images 16 --seed 0 --out grid.png
+  tfcluster predict --model ocr --image number.png
   tfcluster predict --model mymodel --inputs '{"x": [[1, 2]]}' --json
 """
 
@@ -34,6 +35,9 @@ def parser() -> argparse.ArgumentParser:
     a("--z", default=None, help="dcgan: JSON latent vectors [[..], ..] (default: --num_images random ones)")
     a("--num_images", type=int, default=16, help="dcgan: images to generate when --z is not given (default: 16)")
     a("--seed", type=int, default=0, help="dcgan: seed of the random latent vectors (default: 0)")
+    a("--image", action="append", default=[], metavar="FILE",
+      help="image models (ocr): an image file, repeatable; fitted to the signature's [H, W, C], "
+           "or sent as encoded bytes to a string input")
     a("--inputs", default=None, help='any model: JSON object {"key": value, ...}')
     a("--out", default=None, help="dcgan: write the image grid here (PNG); other models: write outputs as JSON")
     a("--json", action="store_true", help="print every output as JSON")
@@ -61,6 +65,30 @@ def _jsonable(a: np.ndarray):
     return a.tolist()
 
 
+def image_inputs(model: str, spec: dict, files: list[str]) -> dict:
+    """--image files for the model's one input: encoded bytes for a string input, else decoded and
+    fitted to its [batch, H, W, C]."""
+    from tfcluster.images import fit_image
+
+    if len(spec) != 1:
+        raise UserError(f"--image: model {model} has inputs {list(spec)}; use --inputs")
+    (key, t), = spec.items()
+    if t.dtype == "string":
+        out = []
+        for f in files:
+            try:
+                with open(f, "rb") as fh:
+                    out.append(fh.read())
+            except OSError as e:
+                raise UserError(f"cannot read image {f}: {e.strerror}") from None
+        return {key: np.array(out, dtype=object)}
+    shape = t.shape
+    if shape is None or len(shape) != 4 or None in shape[1:]:
+        raise UserError(f"--image: input {key} of model {model} is not an image batch [batch, H, W, C] of known size")
+    _, h, w, c = shape
+    return {key: np.stack([fit_image(f, h, w, c) for f in files]).astype(t.dtype)}
+
+
 def build_inputs(args, client) -> dict:
     if args.inputs is not None:
         value = _json_arg("--inputs", args.inputs)
@@ -79,6 +107,8 @@ def build_inputs(args, client) -> dict:
         if obs.ndim == rank - 1:
             obs = obs[None]
         return {key: obs.astype(t.dtype if t.dtype != "string" else np.float32)}
+    if args.image:
+        return {**image_inputs(args.model, spec, args.image)}
     if args.text:
         strings = [k for k, t in spec.items() if t.dtype == "string"]
         if len(keys) != 1 or not strings:
@@ -116,8 +146,9 @@ def show(args, out: dict[str, np.ndarray]) -> None:
     if args.json:
         print(json.dumps({k: _jsonable(v) for k, v in out.items()}))
         return
-    if "translation" in out:
-        for t in out["translation"].reshape(-1):
+    strings = [k for k, v in out.items() if v.dtype.kind in "OS"]
+    if len(strings) == 1:  # a text answer (a translation, a digit string): one line per input
+        for t in out[strings[0]].reshape(-1):
             print(_text(t))
         return
     for k in sorted(out):

@@ -13,9 +13,4 @@ def main(argv: list[str] | None = None) -> int:
         print(f"usage: tfcluster train {{{','.join(workloads.WORKLOADS)}}} [flags]   (--help after the workload lists them)")
         return 0 if argv and argv[0] in ("-h", "--help") else 2
     name, rest = argv[0], argv[1:]
-    wl = workloads.get(name)
-    if hasattr(wl, "main"):  # RL workloads run their own learner instead of Ray Train
-        return int(wl.main(rest) or 0)
-    from tfcluster.train import driver
-
-    return driver.main(name, rest)
+    return workloads.main(name, rest)

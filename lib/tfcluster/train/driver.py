@@ -120,7 +120,7 @@ def train_loop_per_worker(config: dict) -> None:
     if config.get("fail_at_step"):
         os.environ[FAIL_AT_STEP_ENV] = str(config["fail_at_step"])
     wl = workloads.get(config["workload"])
-    cfg = wl.Config(**config["config"])
+    cfg = wl.config(**config["config"])
     tctx = ray.train.get_context()
     ctx = WorkerContext(rank=tctx.get_world_rank(), world_size=tctx.get_world_size())
     quiet.quiet_train_worker()
@@ -134,7 +134,7 @@ def train_loop_per_worker(config: dict) -> None:
             values[CHECKPOINT_KEY] = ckpt
         ray.train.report(values)
 
-    run_loop(lambda strategy: wl.Task(cfg, strategy, ctx), cfg, ctx, report)
+    run_loop(lambda strategy: wl.task(cfg, strategy, ctx), cfg, ctx, report)
 
 
 def resolve(workload: str, argv: list[str] | None = None, *, description: str | None = None):
@@ -144,9 +144,9 @@ def resolve(workload: str, argv: list[str] | None = None, *, description: str | 
     from tfcluster import workloads
 
     wl = workloads.get(workload)
-    parser = argparse.ArgumentParser(prog=f"train_{workload}.py", description=description or (wl.__doc__ or "").splitlines()[0])
-    config_mod.add_config_flags(parser, wl.Config)
-    cfg, _ = config_mod.config_from_args(wl.Config, parser.parse_args(argv))
+    parser = argparse.ArgumentParser(prog=f"train_{workload}.py", description=description or wl.description)
+    config_mod.add_config_flags(parser, wl.config)
+    cfg, _ = config_mod.config_from_args(wl.config, parser.parse_args(argv))
     return cfg
 
 
@@ -158,8 +158,7 @@ def run(workload: str, cfg: Any) -> dict[str, Any]:
     wl = workloads.get(workload)
     cfg = config_mod.absolute_paths(cfg)  # workers do not share the driver's working directory
     resumed = latest_checkpoint(cfg.out_dir) is not None
-    if hasattr(wl, "prepare"):
-        cfg = wl.prepare(cfg)  # e.g. build vocabularies into out_dir, once, before workers start
+    cfg = wl.prepare(cfg)  # e.g. build vocabularies into out_dir, once, before workers start
     config_mod.save(cfg)
     print(f"# {workload}: {'resuming in' if resumed else 'new run in'} {cfg.out_dir}", flush=True)
     print("# hyperparameters\n" + config_mod.table(cfg), flush=True)
@@ -180,29 +179,24 @@ def run(workload: str, cfg: Any) -> dict[str, Any]:
         raise RuntimeError(f"training failed: {result.error}")
     metrics = dict(result.metrics or {})
     if cfg.model_base_path:
-        path = wl.export_checkpoint(cfg, which="best")
+        path = wl.export(cfg, "best")
         print(f"# exported {path}", flush=True)
         metrics["export_path"] = path
     return metrics
 
 
 def main(workload: str, argv: list[str] | None = None) -> int:
-    """What `jobs/train_<workload>.py` runs."""
-    from tfcluster.errors import main_guard
+    """Train a data-parallel workload (or run its offline mode: inference, visualize)."""
+    from tfcluster import workloads
 
-    @main_guard
-    def _main() -> int:
-        from tfcluster import workloads
-
-        cfg = resolve(workload, argv)
-        offline = getattr(workloads.get(workload), "offline", None)
-        if offline is not None and offline(cfg):  # inference / visualize modes: no training
-            return 0
-        run(workload, cfg)
+    cfg = resolve(workload, argv)
+    if workloads.get(workload).offline(cfg):
         return 0
-
-    return _main()
+    run(workload, cfg)
+    return 0
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main(sys.argv[1], sys.argv[2:]))
+    from tfcluster import workloads
+
+    sys.exit(workloads.main(sys.argv[1], sys.argv[2:]))

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import sys
 
-from tfcluster.tune import spaces
+from tfcluster import workloads
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0].startswith("-"):
-        print(f"usage: tfcluster sweep {{{','.join(spaces.SPACES)}}} [flags]   (--help after the workload lists them)")
+        print(f"usage: tfcluster sweep {{{','.join(workloads.WORKLOADS)}}} [flags]   (--help after the workload lists them)")
         return 0 if argv and argv[0] in ("-h", "--help") else 2
     from tfcluster.tune.sweep import main as sweep_main
 

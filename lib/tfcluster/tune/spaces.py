@@ -66,9 +66,7 @@ def dqn_space(base: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-SPACES = {"nmt": nmt_space, "dcgan": dcgan_space, "pg": pg_space, "dqn": dqn_space}
 RL_METRIC = ("env_runners/episode_return_mean", "max")
-DEFAULT_METRIC = {"nmt": ("eval/bleu", "max"), "dcgan": ("eval/swd", "min"), "pg": RL_METRIC, "dqn": RL_METRIC}
 # Float knobs PBT may perturb between checkpoints (shapes must not change).
 MUTABLE = {"learning_rate", "dropout", "beta1", "discount"}
 
@@ -93,12 +91,10 @@ def load_overrides(path: str) -> dict[str, Any]:
     return data
 
 
-def search_space(workload: str, base: dict[str, Any], fixed: set[str], overrides: dict[str, Any] | None = None,
+def search_space(default: dict[str, Any], fixed: set[str], overrides: dict[str, Any] | None = None,
                  fields: set[str] | None = None) -> dict[str, Any]:
-    """The JSON-form space for `workload`: defaults, then overrides, minus the fixed fields."""
-    if workload not in SPACES:
-        raise UserError(f"no search space for workload {workload!r}; one of: {', '.join(SPACES)}")
-    space = dict(SPACES[workload](base))
+    """The JSON-form space: the workload's `default` space, then overrides, minus the fixed fields."""
+    space = dict(default)
     for k, v in (overrides or {}).items():
         if v is None:
             space.pop(k, None)

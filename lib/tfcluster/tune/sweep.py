@@ -93,22 +93,17 @@ def parse(workload: str, argv: list[str] | None = None) -> tuple[SweepConfig, An
     parser = argparse.ArgumentParser(prog=f"sweep_{workload}.py", allow_abbrev=False,
                                      description=f"Ray Tune sweep over {workload} hyperparameters")
     add_sweep_flags(parser)
-    config_mod.add_config_flags(parser, wl.Config)
+    config_mod.add_config_flags(parser, wl.config)
     ns = parser.parse_args(argv)
-    if is_rl(wl):  # the env's preset (CartPole or Atari values), as train_<workload>.py does
+    if wl.is_rl:  # the env's preset (CartPole or Atari values), as train_<workload>.py does
         from tfcluster.rl.algorithm import choose_preset
 
-        choose_preset(ns, wl.Config, workload)
+        choose_preset(ns, wl.config, workload)
     sweep_names = {f.name for f in dataclasses.fields(SweepConfig)} - {"workload", "seed"}
     sc = SweepConfig(workload=workload, **{k: v for k, v in vars(ns).items() if k in sweep_names},
                      seed=getattr(ns, "seed", 0))
-    cfg, explicit = config_mod.config_from_args(wl.Config, ns, resume=False)
+    cfg, explicit = config_mod.config_from_args(wl.config, ns, resume=False)
     return sc, cfg, explicit
-
-
-def is_rl(wl) -> bool:
-    """DQN and PG: the workload's algorithm is itself the Tune trainable."""
-    return hasattr(wl, "ALGORITHM")
 
 
 def _limit_threads(cpus: float) -> None:
@@ -152,14 +147,13 @@ def trainable(config: dict, *, workload: str, base: dict, shared_dir: str, cpus:
     settings = {**base, **config, "out_dir": out_dir, "model_base_path": ""}
     if workers > 1:
         settings.update(num_workers=workers, cpus_per_worker=cpus / workers, use_gpu=gpus > 0)
-    cfg = config_mod.build(wl.Config, settings, "trial config")
+    cfg = config_mod.build(wl.config, settings, "trial config")
     os.makedirs(out_dir, exist_ok=True)
     for name in os.listdir(shared_dir):  # prepared files (vocabularies, image index)
         src, dst = os.path.join(shared_dir, name), os.path.join(out_dir, name)
         if os.path.isfile(src) and not os.path.exists(dst) and name != config_mod.CONFIG_FILE:
             shutil.copy(src, dst)
-    if hasattr(wl, "prepare"):
-        cfg = wl.prepare(cfg)
+    cfg = wl.prepare(cfg)
     config_mod.save(cfg)
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
@@ -176,7 +170,7 @@ def trainable(config: dict, *, workload: str, base: dict, shared_dir: str, cpus:
     if workers > 1:
         _train_workers(workload, cfg, gpus / workers, report)
     else:
-        run_loop(lambda strategy: wl.Task(cfg, strategy, WorkerContext()), cfg, WorkerContext(), report)
+        run_loop(lambda strategy: wl.task(cfg, strategy, WorkerContext()), cfg, WorkerContext(), report)
 
 
 def _train_workers(workload: str, cfg: Any, gpus_per_worker: float, report) -> None:
@@ -322,16 +316,11 @@ def _search_alg(sc: SweepConfig):
 
 
 def _total_steps(wl, base: dict[str, Any], shared_dir: str) -> int:
-    """Training steps of a trial at the base settings (NMT: num_train_steps; DCGAN: epochs x steps per epoch)."""
-    if base.get("num_train_steps"):
-        return int(base["num_train_steps"])
-    if "epoch" in base and hasattr(wl, "steps_per_epoch") and hasattr(wl, "num_images"):
-        try:
-            cfg = config_mod.build(wl.Config, {**base, "out_dir": shared_dir})
-            return int(base["epoch"]) * wl.steps_per_epoch(wl.num_images(cfg), cfg.train_size, cfg.batch_size)
-        except Exception:  # noqa: BLE001 - only sets the eval frequency; fall back to the workload's
-            return 0
-    return 0
+    """Training steps a trial plans at these settings (the workload says how: steps, or epochs of its data)."""
+    try:
+        return int(wl.planned_steps(config_mod.build(wl.config, {**base, "out_dir": shared_dir})))
+    except Exception:  # noqa: BLE001 - only sets the eval frequency; fall back to the workload's
+        return 0
 
 
 def _trial_dirname(trial) -> str:
@@ -432,7 +421,7 @@ def _check(sc: SweepConfig, cfg: Any, wl) -> None:
         raise UserError(f"--num_samples must be at least 1, got {sc.num_samples}")
     if sc.workers_per_trial < 1:
         raise UserError(f"--workers_per_trial must be at least 1, got {sc.workers_per_trial}")
-    if sc.workers_per_trial > 1 and is_rl(wl):
+    if sc.workers_per_trial > 1 and wl.is_rl:
         raise UserError(f"--workers_per_trial is for NMT and DCGAN; {sc.workload} trials scale with --num_env_runners")
     if sc.cpus_per_trial <= 0 or sc.gpus_per_trial < 0:
         raise UserError("--cpus_per_trial must be positive and --gpus_per_trial 0 or more")
@@ -467,9 +456,8 @@ def run(sc: SweepConfig, cfg: Any, explicit: dict[str, Any]) -> dict[str, Any]:
 
     wl = workloads.get(sc.workload)
     _check(sc, cfg, wl)
-    rl = is_rl(wl)
-    metric, mode = spaces.DEFAULT_METRIC.get(sc.workload, ("", ""))
-    metric, mode = sc.metric or metric, sc.mode or mode
+    rl = wl.is_rl
+    metric, mode = sc.metric or wl.metric, sc.mode or wl.mode
     if not metric or not mode:
         raise UserError("--metric and --mode are required for this workload")
     name = sc.name or f"{sc.workload}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -480,13 +468,13 @@ def run(sc: SweepConfig, cfg: Any, explicit: dict[str, Any]) -> dict[str, Any]:
     base = config_mod.to_dict(cfg)
     fields = set(base)
     overrides = spaces.load_overrides(sc.search_space) if sc.search_space else None
-    space = spaces.search_space(sc.workload, base, set(explicit), overrides, fields)
+    space = spaces.search_space(wl.search_space(base), set(explicit), overrides, fields)
     sampled = sorted(space)
     shared = os.path.join(exp_dir, SHARED_DIR)
     os.makedirs(shared, exist_ok=True)
-    if hasattr(wl, "prepare"):  # validate flags and build shared files once, before any trial
-        prepared = wl.prepare(config_mod.build(wl.Config, {**base, "out_dir": shared}))
-        base.update({k: v for k, v in config_mod.to_dict(prepared).items() if k != "out_dir"})
+    # validate flags and build shared files once, before any trial
+    prepared = wl.prepare(config_mod.build(wl.config, {**base, "out_dir": shared}))
+    base.update({k: v for k, v in config_mod.to_dict(prepared).items() if k != "out_dir"})
     if rl:
         max_t = _rl_max_iterations(wl, base, space)
         total_steps = None  # RL trials end by their own `done` (solved or out of budget)
@@ -499,8 +487,9 @@ def run(sc: SweepConfig, cfg: Any, explicit: dict[str, Any]) -> dict[str, Any]:
         eval_every = base.get("steps_per_external_eval") or 10 * base.get("steps_per_stats", 100)
         max_t = math.ceil(steps / eval_every) if steps else 1000
         batches = (space.get("batch_size") or {}).get("choice") if isinstance(space.get("batch_size"), dict) else None
-        if steps and batches and not base.get("num_train_steps"):  # epochs: smaller batches make more steps
-            max_t = math.ceil(max_t * base["batch_size"] / min(batches))
+        if steps and batches:  # a plan in epochs makes more steps with smaller batches
+            most = max(_total_steps(wl, {**base, "batch_size": b}, shared) for b in batches)
+            max_t = max(max_t, math.ceil(most / eval_every))
 
         def total_steps(config: dict) -> int:
             return _total_steps(wl, {**base, **config}, shared)
@@ -520,7 +509,7 @@ def run(sc: SweepConfig, cfg: Any, explicit: dict[str, Any]) -> dict[str, Any]:
         runners = [{"CPU": base["num_cpus_per_env_runner"]}] * int(base.get("num_env_runners", 0))
         if sc.gpus_per_trial:
             base["use_gpu"] = True
-        fn = tune.with_resources(rl_trainable(wl.ALGORITHM, base, metric, mode, sc.cpus_per_trial),
+        fn = tune.with_resources(rl_trainable(wl.algorithm, base, metric, mode, sc.cpus_per_trial),
                                  PlacementGroupFactory([learner, *runners]))
         param_space = spaces.tune_space(space)
         checkpoints = tune.CheckpointConfig(num_to_keep=4 if sc.scheduler == "pbt" else 2, checkpoint_frequency=1,
@@ -560,9 +549,9 @@ def run(sc: SweepConfig, cfg: Any, explicit: dict[str, Any]) -> dict[str, Any]:
     if sc.export_best:
         if not best:
             raise UserError("no trial reported the metric; nothing to export")
-        best_cfg = config_mod.load(wl.Config, best["out_dir"])
+        best_cfg = config_mod.load(wl.config, best["out_dir"])
         best_cfg = dataclasses.replace(best_cfg, model_base_path=cfg.model_base_path)
-        path = wl.export_checkpoint(best_cfg, which="best")
+        path = wl.export(best_cfg, "best")
         print(f"# exported {path}", flush=True)
         out["export_path"] = path
     return out
@@ -575,7 +564,7 @@ def _rl_max_iterations(wl, base: dict[str, Any], space: dict[str, Any]) -> int:
     spec = space.get("batch_episodes")
     if isinstance(spec, dict) and "choice" in spec:
         values["batch_episodes"] = min(spec["choice"])
-    return max(1, config_mod.build(wl.Config, values, "sweep config").max_iterations)
+    return max(1, config_mod.build(wl.config, values, "sweep config").max_iterations)
 
 
 def main(workload: str, argv: list[str] | None = None) -> int:

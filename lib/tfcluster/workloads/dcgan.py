@@ -30,6 +30,8 @@ from tfcluster import config as config_mod
 from tfcluster import contract
 from tfcluster.config import RunConfig
 from tfcluster.errors import UserError
+from tfcluster.tune import spaces
+from tfcluster.workloads.base import Workload
 
 # ============================================================================ Config
 
@@ -610,18 +612,21 @@ def visualize(cfg: Config, which: str = "best") -> list[str]:
     return paths
 
 
-def main(argv: list[str] | None = None) -> int:
-    """`jobs/train_dcgan.py` and `tfcluster train dcgan`: train on Ray, or visualize a trained run."""
-    from tfcluster.errors import main_guard
-    from tfcluster.train import driver
+def offline(cfg: Config) -> bool:
+    """`--visualize` or `--train false`: write the sample grid and interpolation of a trained run instead of training."""
+    if cfg.visualize or not cfg.train:
+        visualize(cfg)
+        return True
+    return False
 
-    @main_guard
-    def _main() -> int:
-        cfg = driver.resolve("dcgan", argv)
-        if cfg.visualize or not cfg.train:
-            visualize(cfg)
-        else:
-            driver.run("dcgan", cfg)
-        return 0
 
-    return _main()
+def planned_steps(cfg: Config) -> int:
+    """Training steps of `cfg`: epochs x steps per epoch over its images."""
+    return cfg.epoch * steps_per_epoch(num_images(cfg), cfg.train_size, cfg.batch_size)
+
+
+WORKLOAD = Workload(
+    name="dcgan", config=Config, serving=contract.DCGAN, task=Task, export=export_checkpoint,
+    prepare=prepare, offline=offline, metric="eval/swd", mode="min", search_space=spaces.dcgan_space,
+    planned_steps=planned_steps, description=__doc__.splitlines()[0],
+)

@@ -30,8 +30,10 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 import numpy as np
 
 from tfcluster import contract
-from tfcluster.errors import UserError, main_guard
-from tfcluster.rl.algorithm import Algorithm, AlgorithmConfig, RLConfig, policy_weights_from, train_main
+from tfcluster.errors import UserError
+from tfcluster.rl.algorithm import Algorithm, AlgorithmConfig, RLConfig, policy_weights_from
+from tfcluster.tune import spaces
+from tfcluster.workloads.base import Workload
 
 
 # ------------------------------------------------------------------------------------- config
@@ -419,7 +421,6 @@ class DQNConfig(AlgorithmConfig):
     algo_cls = DQN
 
 
-ALGORITHM = DQN  # the Ray Tune trainable a sweep runs
 
 
 # ------------------------------------------------------------------------------------- export
@@ -462,7 +463,8 @@ def export_checkpoint(cfg: Config, which: str = "best") -> str:
     return export(policy_weights_from(cfg.out_dir, which), cfg, cfg.model_base_path)
 
 
-# --------------------------------------------------------------------------------------- main
-@main_guard
-def main(argv: list[str] | None = None) -> int:
-    return train_main(DQN, "dqn", export_checkpoint, argv, __doc__.splitlines()[0])
+WORKLOAD = Workload(
+    name="dqn", config=Config, serving=contract.DQN, algorithm=DQN, export=export_checkpoint,
+    metric=spaces.RL_METRIC[0], mode=spaces.RL_METRIC[1], search_space=spaces.dqn_space,
+    description=__doc__.splitlines()[0],
+)

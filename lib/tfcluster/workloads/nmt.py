@@ -25,6 +25,8 @@ from tfcluster import contract
 from tfcluster.config import RunConfig
 from tfcluster.data import text
 from tfcluster.errors import UserError
+from tfcluster.tune import spaces
+from tfcluster.workloads.base import Workload
 
 ATTENTIONS = ("", "luong", "scaled_luong", "bahdanau", "normed_bahdanau")
 
@@ -828,3 +830,10 @@ def offline(cfg: Config) -> bool:
         translate_file(cfg)
         return True
     return False
+
+
+WORKLOAD = Workload(
+    name="nmt", config=Config, serving=contract.NMT, task=Task, export=export_checkpoint,
+    prepare=prepare, offline=offline, metric="eval/bleu", mode="max", search_space=spaces.nmt_space,
+    description=__doc__.splitlines()[0],
+)

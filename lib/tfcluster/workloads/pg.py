@@ -25,8 +25,9 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 import numpy as np
 
 from tfcluster import contract
-from tfcluster.errors import main_guard
-from tfcluster.rl.algorithm import Algorithm, AlgorithmConfig, RLConfig, policy_weights_from, train_main
+from tfcluster.rl.algorithm import Algorithm, AlgorithmConfig, RLConfig, policy_weights_from
+from tfcluster.tune import spaces
+from tfcluster.workloads.base import Workload
 
 
 # ------------------------------------------------------------------------------------- config
@@ -260,7 +261,6 @@ class PGConfig(AlgorithmConfig):
     algo_cls = PG
 
 
-ALGORITHM = PG  # the Ray Tune trainable a sweep runs
 
 
 # ------------------------------------------------------------------------------------- export
@@ -301,7 +301,8 @@ def export_checkpoint(cfg: Config, which: str = "best") -> str:
     return export(policy_weights_from(cfg.out_dir, which), cfg, cfg.model_base_path)
 
 
-# --------------------------------------------------------------------------------------- main
-@main_guard
-def main(argv: list[str] | None = None) -> int:
-    return train_main(PG, "pg", export_checkpoint, argv, __doc__.splitlines()[0])
+WORKLOAD = Workload(
+    name="pg", config=Config, serving=contract.PG, algorithm=PG, export=export_checkpoint,
+    metric=spaces.RL_METRIC[0], mode=spaces.RL_METRIC[1], search_space=spaces.pg_space,
+    description=__doc__.splitlines()[0],
+)
