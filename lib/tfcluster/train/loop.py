@@ -114,6 +114,20 @@ def latest_checkpoint(out_dir: str, which: str = "last") -> str | None:
     return path
 
 
+def restore_run(out_dir: str, which: str = "best", **trackables: Any) -> str:
+    """Restore `trackables` (e.g. model=...) from the run's best (or last) checkpoint; returns its path.
+    Every object given must be in the checkpoint; a run without one is a one-line error."""
+    import tensorflow as tf
+
+    from tfcluster.errors import UserError
+
+    path = latest_checkpoint(out_dir, which)
+    if path is None:
+        raise UserError(f"no checkpoint in {out_dir}; train first")
+    tf.train.Checkpoint(**trackables).restore(path).expect_partial().assert_existing_objects_matched()
+    return path
+
+
 def _copy_checkpoint(prefix: str, dest_dir: str) -> None:
     """Copy the files of checkpoint `prefix` into dest_dir as its only checkpoint."""
     import tensorflow as tf

@@ -581,15 +581,10 @@ def export(generator, cfg: Config, model_base_path: str) -> str:
 
 def load_generator(cfg: Config, which: str = "best"):
     """G with the weights of the run's best (or last) checkpoint."""
-    import tensorflow as tf
+    from tfcluster.train.loop import restore_run
 
-    from tfcluster.train.loop import latest_checkpoint
-
-    path = latest_checkpoint(cfg.out_dir, which)
-    if path is None:
-        raise UserError(f"no checkpoint in {cfg.out_dir}; train first (python jobs/train_dcgan.py --out_dir {cfg.out_dir} ...)")
     g = build_generator(cfg)
-    tf.train.Checkpoint(generator=g).restore(path).expect_partial()
+    restore_run(cfg.out_dir, which, generator=g)
     return g
 
 

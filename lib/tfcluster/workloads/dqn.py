@@ -444,16 +444,19 @@ def export(weights: list[np.ndarray], cfg: Config, model_base_path: str) -> str:
     shape = list(obs_space.shape)
     in_dtype = tf.as_dtype(obs_space.dtype)
 
-    @tf.function(input_signature=[tf.TensorSpec([None] * (1 + len(shape)), tf.float32, name="observation")])
+    obs_key = contract.DQN.inputs[0].key
+    action_key, q_key = (t.key for t in contract.DQN.outputs)
+
+    @tf.function(input_signature=[tf.TensorSpec([None] * (1 + len(shape)), tf.float32, name=obs_key)])
     def serve(observation):
         observation = export_mod.require_shape(
             observation, shape, f"observation must have shape [batch, {', '.join(map(str, shape))}] for {cfg.env}")
         x = observation if in_dtype == tf.float32 else tf.cast(tf.clip_by_value(tf.round(observation), 0, 255), in_dtype)
         q = model(x, training=False)
-        return {"action": tf.argmax(q, axis=1, output_type=tf.int64), "q_values": tf.cast(q, tf.float32)}
+        return {action_key: tf.argmax(q, axis=1, output_type=tf.int64), q_key: tf.cast(q, tf.float32)}
 
     module.serve = serve
-    warm = [{"observation": np.zeros((1, *shape), np.float32)}]
+    warm = [{obs_key: np.zeros((1, *shape), np.float32)}]
     return export_mod.save_version(module, {contract.DQN.signature: serve.get_concrete_function()},
                                    model_base_path, contract.DQN, warmup=warm)
 

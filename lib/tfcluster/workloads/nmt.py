@@ -724,16 +724,10 @@ def masked_loss_sum(logits, labels, lengths):
 
 def restore(cfg: Config, which: str = "best"):
     """A model (outside any distribution strategy) restored from out_dir's best or last checkpoint."""
-    import tensorflow as tf
+    from tfcluster.train.loop import restore_run
 
-    from tfcluster.train.loop import latest_checkpoint
-
-    path = latest_checkpoint(cfg.out_dir, which)
-    if path is None:
-        raise UserError(f"no checkpoint in {cfg.out_dir}; train first")
     model, _ = build(cfg)
-    tf.train.Checkpoint(model=weights(model)).restore(path).expect_partial().assert_existing_objects_matched()
-    return model, path
+    return model, restore_run(cfg.out_dir, which, model=weights(model))
 
 
 def serving_module(model, cfg: Config):
@@ -781,7 +775,7 @@ def export_checkpoint(cfg: Config, which: str = "best", model_base_path: str | N
     sample = _sample_sentences(cfg)
     return export.save_version(
         module, {contract.DEFAULT_SIGNATURE: module.serve}, base, contract.NMT,
-        warmup=[{"source": sample[:1]}, {"source": sample}],
+        warmup=[{contract.NMT.inputs[0].key: sample[:1]}, {contract.NMT.inputs[0].key: sample}],
     )
 
 
@@ -808,7 +802,7 @@ def translate_file(cfg: Config, which: str = "best") -> list[str]:
     out: list[str] = []
     for i in range(0, len(lines), cfg.infer_batch_size):
         res = module.serve(tf.constant(lines[i : i + cfg.infer_batch_size]))
-        out += [s.decode("utf-8") for s in res["translation"].numpy()]
+        out += [s.decode("utf-8") for s in res[contract.NMT.outputs[0].key].numpy()]
     if cfg.inference_output_file:
         with tf.io.gfile.GFile(cfg.inference_output_file, "w") as f:
             f.write("\n".join(out) + "\n")

@@ -278,7 +278,10 @@ def export(weights: list[np.ndarray], cfg: Config, model_base_path: str) -> str:
     model.set_weights(weights)
     module = tf.Module()  # save_version tracks the variables `serve` reads, not the Keras model
 
-    @tf.function(input_signature=[tf.TensorSpec([None, None], tf.float32, name="observation")])
+    obs_key = contract.PG.inputs[0].key
+    action_key, probs_key = (t.key for t in contract.PG.outputs)
+
+    @tf.function(input_signature=[tf.TensorSpec([None, None], tf.float32, name=obs_key)])
     def serve(observation):
         observation = export_mod.require_shape(
             observation, [obs_dim], f"observation must have shape [batch, {obs_dim}] ({cfg.env} state)")
@@ -288,10 +291,10 @@ def export(weights: list[np.ndarray], cfg: Config, model_base_path: str) -> str:
             probs = tf.stack([1.0 - p1, p1], axis=1)
         else:
             probs = tf.nn.softmax(logits)
-        return {"action": tf.argmax(probs, axis=1, output_type=tf.int64), "probabilities": probs}
+        return {action_key: tf.argmax(probs, axis=1, output_type=tf.int64), probs_key: probs}
 
     module.serve = serve
-    warm = [{"observation": np.zeros((1, obs_dim), np.float32)}]
+    warm = [{obs_key: np.zeros((1, obs_dim), np.float32)}]
     return export_mod.save_version(module, {contract.PG.signature: serve.get_concrete_function()},
                                    model_base_path, contract.PG, warmup=warm)
 
