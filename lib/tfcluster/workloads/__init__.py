@@ -18,6 +18,7 @@ WORKLOADS: dict[str, str] = {
     "dcgan": "tfcluster.workloads.dcgan",
     "dqn": "tfcluster.workloads.dqn",
     "pg": "tfcluster.workloads.pg",
+    "ocr": "tfcluster.workloads.ocr",
 }
 
 

@@ -1,0 +1,15 @@
+"""Ray Tune sweep over OCR hyperparameters, each trial running the train loop of jobs/train_ocr.py.
+
+    python jobs/sweep_ocr.py --num_samples 8 --scheduler asha --num_train_steps 2000 \
+        --storage_path runs/sweeps --name ocr-sweep --export_best --model_base_path models
+"""
+
+import os
+import sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "lib"))
+
+from tfcluster.tune.sweep import main  # noqa: E402
+
+if __name__ == "__main__":
+    sys.exit(main("ocr"))
