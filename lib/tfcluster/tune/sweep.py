@@ -25,7 +25,7 @@ import shutil
 import tempfile
 import threading
 import time
-from typing import Any
+from typing import Any, Callable
 
 from tfcluster import config as config_mod
 from tfcluster.errors import UserError
@@ -95,10 +95,7 @@ def parse(workload: str, argv: list[str] | None = None) -> tuple[SweepConfig, An
     add_sweep_flags(parser)
     config_mod.add_config_flags(parser, wl.config)
     ns = parser.parse_args(argv)
-    if wl.is_rl:  # the env's preset (CartPole or Atari values), as train_<workload>.py does
-        from tfcluster.rl.algorithm import choose_preset
-
-        choose_preset(ns, wl.config, workload)
+    trials_of(wl).preset(ns)
     sweep_names = {f.name for f in dataclasses.fields(SweepConfig)} - {"workload", "seed"}
     sc = SweepConfig(workload=workload, **{k: v for k, v in vars(ns).items() if k in sweep_names},
                      seed=getattr(ns, "seed", 0))
@@ -421,8 +418,7 @@ def _check(sc: SweepConfig, cfg: Any, wl) -> None:
         raise UserError(f"--num_samples must be at least 1, got {sc.num_samples}")
     if sc.workers_per_trial < 1:
         raise UserError(f"--workers_per_trial must be at least 1, got {sc.workers_per_trial}")
-    if sc.workers_per_trial > 1 and wl.is_rl:
-        raise UserError(f"--workers_per_trial is for NMT and DCGAN; {sc.workload} trials scale with --num_env_runners")
+    trials_of(wl).check(sc)
     if sc.cpus_per_trial <= 0 or sc.gpus_per_trial < 0:
         raise UserError("--cpus_per_trial must be positive and --gpus_per_trial 0 or more")
     if sc.workers_per_trial > 1 and sc.cpus_per_trial < sc.workers_per_trial:
@@ -456,7 +452,6 @@ def run(sc: SweepConfig, cfg: Any, explicit: dict[str, Any]) -> dict[str, Any]:
 
     wl = workloads.get(sc.workload)
     _check(sc, cfg, wl)
-    rl = wl.is_rl
     metric, mode = sc.metric or wl.metric, sc.mode or wl.mode
     if not metric or not mode:
         raise UserError("--metric and --mode are required for this workload")
@@ -475,24 +470,8 @@ def run(sc: SweepConfig, cfg: Any, explicit: dict[str, Any]) -> dict[str, Any]:
     # validate flags and build shared files once, before any trial
     prepared = wl.prepare(config_mod.build(wl.config, {**base, "out_dir": shared}))
     base.update({k: v for k, v in config_mod.to_dict(prepared).items() if k != "out_dir"})
-    if rl:
-        max_t = _rl_max_iterations(wl, base, space)
-        total_steps = None  # RL trials end by their own `done` (solved or out of budget)
-    else:
-        steps = _total_steps(wl, base, shared)
-        if steps and "steps_per_external_eval" not in explicit and "steps_per_external_eval" in base:
-            base["steps_per_external_eval"] = max(1, math.ceil(steps / max(1, sc.evals_per_trial)))
-            if "steps_per_stats" not in explicit:
-                base["steps_per_stats"] = min(base["steps_per_stats"], base["steps_per_external_eval"])
-        eval_every = base.get("steps_per_external_eval") or 10 * base.get("steps_per_stats", 100)
-        max_t = math.ceil(steps / eval_every) if steps else 1000
-        batches = (space.get("batch_size") or {}).get("choice") if isinstance(space.get("batch_size"), dict) else None
-        if steps and batches:  # a plan in epochs makes more steps with smaller batches
-            most = max(_total_steps(wl, {**base, "batch_size": b}, shared) for b in batches)
-            max_t = max(max_t, math.ceil(most / eval_every))
-
-        def total_steps(config: dict) -> int:
-            return _total_steps(wl, {**base, **config}, shared)
+    trials = trials_of(wl)
+    max_t, total_steps = trials.plan(sc, base, space, explicit, shared)
     base["model_base_path"] = ""
     base["address"] = ""
     print(f"# sweep {sc.workload}: {sc.num_samples} trials, {sc.scheduler}/{sc.search}, {metric} ({mode}) in {exp_dir}",
@@ -502,29 +481,8 @@ def run(sc: SweepConfig, cfg: Any, explicit: dict[str, Any]) -> dict[str, Any]:
     init_ray(cfg.address)
     fits = _check_cluster(sc, cfg)
     max_concurrent = sc.max_concurrent_trials or None
-    if rl:
-        from ray.tune import PlacementGroupFactory
-
-        learner = {"CPU": sc.cpus_per_trial, **({"GPU": sc.gpus_per_trial} if sc.gpus_per_trial else {})}
-        runners = [{"CPU": base["num_cpus_per_env_runner"]}] * int(base.get("num_env_runners", 0))
-        if sc.gpus_per_trial:
-            base["use_gpu"] = True
-        fn = tune.with_resources(rl_trainable(wl.algorithm, base, metric, mode, sc.cpus_per_trial),
-                                 PlacementGroupFactory([learner, *runners]))
-        param_space = spaces.tune_space(space)
-        checkpoints = tune.CheckpointConfig(num_to_keep=4 if sc.scheduler == "pbt" else 2, checkpoint_frequency=1,
-                                            checkpoint_at_end=True)
-    else:
-        workers = sc.workers_per_trial
-        fn = tune.with_parameters(trainable, workload=sc.workload, base=base, shared_dir=shared,
-                                  cpus=sc.cpus_per_trial, gpus=sc.gpus_per_trial, workers=workers)
-        if workers > 1:  # the trial only drives its Ray Train run: a little memory, no CPU (the workers hold those)
-            fn = tune.with_resources(fn, {"cpu": 0, "memory": DRIVER_MEMORY})
-            max_concurrent = max_concurrent or fits
-        else:
-            fn = tune.with_resources(fn, {"cpu": sc.cpus_per_trial, "gpu": sc.gpus_per_trial})
-        param_space = spaces.tune_space(space)
-        checkpoints = tune.CheckpointConfig(num_to_keep=4 if sc.scheduler == "pbt" else 2)
+    fn, max_concurrent, checkpoints = trials.trainable(sc, base, metric, mode, shared, fits, max_concurrent)
+    param_space = spaces.tune_space(space)
     run_cfg = tune.RunConfig(name=name, storage_path=storage, verbose=1, checkpoint_config=checkpoints)
     if sc.resume and tune.Tuner.can_restore(exp_dir):
         print(f"# resuming {exp_dir}", flush=True)
@@ -555,6 +513,99 @@ def run(sc: SweepConfig, cfg: Any, explicit: dict[str, Any]) -> dict[str, Any]:
         print(f"# exported {path}", flush=True)
         out["export_path"] = path
     return out
+
+
+class LoopTrials:
+    """Trials of a data-parallel workload (NMT, DCGAN, OCR): the shared loop on one worker, or a
+    Ray Train run of --workers_per_trial; one report and checkpoint per evaluation."""
+
+    def __init__(self, wl):
+        self.wl = wl
+
+    def preset(self, ns) -> None:
+        """The preset comes from --hparams_path alone."""
+
+    def check(self, sc: SweepConfig) -> None:
+        """Any --workers_per_trial is fine."""
+
+    def plan(self, sc: SweepConfig, base: dict[str, Any], space: dict[str, Any], explicit: dict[str, Any],
+             shared: str) -> tuple[int, Callable[[dict], int] | None]:
+        """(ASHA's max_t in eval reports, the steps a sampled config plans); spreads --evals_per_trial
+        reports over the planned steps unless the eval frequency was given."""
+        wl = self.wl
+        steps = _total_steps(wl, base, shared)
+        if steps and "steps_per_external_eval" not in explicit and "steps_per_external_eval" in base:
+            base["steps_per_external_eval"] = max(1, math.ceil(steps / max(1, sc.evals_per_trial)))
+            if "steps_per_stats" not in explicit:
+                base["steps_per_stats"] = min(base["steps_per_stats"], base["steps_per_external_eval"])
+        eval_every = base.get("steps_per_external_eval") or 10 * base.get("steps_per_stats", 100)
+        max_t = math.ceil(steps / eval_every) if steps else 1000
+        batches = (space.get("batch_size") or {}).get("choice") if isinstance(space.get("batch_size"), dict) else None
+        if steps and batches:  # a plan in epochs makes more steps with smaller batches
+            most = max(_total_steps(wl, {**base, "batch_size": b}, shared) for b in batches)
+            max_t = max(max_t, math.ceil(most / eval_every))
+        return max_t, lambda config: _total_steps(wl, {**base, **config}, shared)
+
+    def trainable(self, sc: SweepConfig, base: dict[str, Any], metric: str, mode: str, shared: str, fits: int,
+                  max_concurrent: int | None):
+        """(the Tune trainable with its resources, trials at once, the checkpoint policy)."""
+        from ray import tune
+
+        workers = sc.workers_per_trial
+        fn = tune.with_parameters(trainable, workload=self.wl.name, base=base, shared_dir=shared,
+                                  cpus=sc.cpus_per_trial, gpus=sc.gpus_per_trial, workers=workers)
+        if workers > 1:  # the trial only drives its Ray Train run: a little memory, no CPU (the workers hold those)
+            fn = tune.with_resources(fn, {"cpu": 0, "memory": DRIVER_MEMORY})
+            max_concurrent = max_concurrent or fits
+        else:
+            fn = tune.with_resources(fn, {"cpu": sc.cpus_per_trial, "gpu": sc.gpus_per_trial})
+        return fn, max_concurrent, tune.CheckpointConfig(num_to_keep=4 if sc.scheduler == "pbt" else 2)
+
+
+class AlgorithmTrials:
+    """Trials of an RL workload (DQN, PG): the algorithm is the Tune trainable; each training iteration
+    is one result and one checkpoint; a trial ends when it solves the env or spends its budget."""
+
+    def __init__(self, wl):
+        self.wl = wl
+
+    def preset(self, ns) -> None:
+        """The env's preset (CartPole or Atari values), as train_<workload>.py picks it."""
+        from tfcluster.rl.algorithm import choose_preset
+
+        choose_preset(ns, self.wl.config, self.wl.name)
+
+    def check(self, sc: SweepConfig) -> None:
+        if sc.workers_per_trial > 1:
+            raise UserError(f"--workers_per_trial is for data-parallel workloads; {self.wl.name} trials scale "
+                            "with --num_env_runners")
+
+    def plan(self, sc: SweepConfig, base: dict[str, Any], space: dict[str, Any], explicit: dict[str, Any],
+             shared: str) -> tuple[int, None]:
+        return _rl_max_iterations(self.wl, base, space), None  # trials end by their own `done`
+
+    def trainable(self, sc: SweepConfig, base: dict[str, Any], metric: str, mode: str, shared: str, fits: int,
+                  max_concurrent: int | None):
+        from ray import tune
+        from ray.tune import PlacementGroupFactory
+
+        learner = {"CPU": sc.cpus_per_trial, **({"GPU": sc.gpus_per_trial} if sc.gpus_per_trial else {})}
+        runners = [{"CPU": base["num_cpus_per_env_runner"]}] * int(base.get("num_env_runners", 0))
+        if sc.gpus_per_trial:
+            base["use_gpu"] = True
+        fn = tune.with_resources(rl_trainable(self.wl.algorithm, base, metric, mode, sc.cpus_per_trial),
+                                 PlacementGroupFactory([learner, *runners]))
+        checkpoints = tune.CheckpointConfig(num_to_keep=4 if sc.scheduler == "pbt" else 2, checkpoint_frequency=1,
+                                            checkpoint_at_end=True)
+        return fn, max_concurrent, checkpoints
+
+
+TRIAL_KINDS = {"loop": LoopTrials, "algorithm": AlgorithmTrials}
+
+
+def trials_of(wl) -> LoopTrials | AlgorithmTrials:
+    """How the sweep runs this workload's trials, by the kind its contract declares."""
+    return TRIAL_KINDS[wl.kind](wl)
 
 
 def _rl_max_iterations(wl, base: dict[str, Any], space: dict[str, Any]) -> int:

@@ -73,6 +73,11 @@ class Workload:
     def is_rl(self) -> bool:
         return self.algorithm is not None
 
+    @property
+    def kind(self) -> str:
+        """"loop" (a Task for the shared data-parallel loop) or "algorithm" (an RL algorithm)."""
+        return "algorithm" if self.is_rl else "loop"
+
     def main(self, argv: list[str] | None = None) -> int:
         """What `jobs/train_<name>.py` and `tfcluster train <name>` run."""
         if self.is_rl:
