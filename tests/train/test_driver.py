@@ -27,9 +27,18 @@ def steps(out_dir, key="train/loss"):
     return [r["step"] for r in read_metrics(out_dir) if key in r]
 
 
+def _scratch_dirs() -> set[str]:
+    import glob
+    import tempfile
+
+    return set(glob.glob(os.path.join(tempfile.gettempdir(), "tfcluster-worker*")))
+
+
 def test_two_workers_train_export_then_resume(ray_local, tmp_path):
     cfg = small_cfg(tmp_path, num_workers=2, num_train_steps=10, model_base_path=str(tmp_path / "models"))
+    before = _scratch_dirs()
     metrics = driver.run("nmt", cfg)
+    assert _scratch_dirs() <= before  # the non-chief's throw-away checkpoints are gone with its run
     assert metrics["export_path"].endswith(os.path.join("models", "nmt", "1"))
     assert steps(cfg.out_dir) == [5, 10]
     saved = config_mod.load(nmt.Config, cfg.out_dir)

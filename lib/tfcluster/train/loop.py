@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
 import tempfile
 import time
 from typing import Any, Callable, Protocol
@@ -97,10 +98,11 @@ def make_strategy(world_size: int):
 
 
 def checkpoint_dir(out_dir: str, ctx: WorkerContext) -> str:
-    """The chief writes to out_dir/ckpt; other workers write throw-away copies (MWMS needs all to save)."""
+    """The chief writes to out_dir/ckpt; other workers write throw-away copies (MWMS needs all to save)
+    into a scratch folder of their own, which `run_loop` removes when it ends."""
     if ctx.is_chief:
         return os.path.join(out_dir, CKPT_DIR)
-    return os.path.join(tempfile.gettempdir(), f"tfcluster-worker{ctx.rank}-{os.getpid()}")
+    return tempfile.mkdtemp(prefix=f"tfcluster-worker{ctx.rank}-")
 
 
 def latest_checkpoint(out_dir: str, which: str = "last") -> str | None:
@@ -184,76 +186,80 @@ def run_loop(
         step_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
         best_var = tf.Variable(float("nan"), dtype=tf.float64, trainable=False, name="best_metric")
         ckpt = tf.train.Checkpoint(step=step_var, best=best_var, **task.trackables())
-    manager = tf.train.CheckpointManager(ckpt, checkpoint_dir(cfg.out_dir, ctx), max_to_keep=cfg.keep_checkpoint_max)
+    ckpt_dir = checkpoint_dir(cfg.out_dir, ctx)
+    manager = tf.train.CheckpointManager(ckpt, ckpt_dir, max_to_keep=cfg.keep_checkpoint_max)
+    try:
+        restore_from = tf.train.latest_checkpoint(os.path.join(cfg.out_dir, CKPT_DIR))
+        if restore_from:
+            ckpt.restore(restore_from).expect_partial()
+            writer.log(f"# resuming from step {int(step_var.numpy())} ({restore_from})")
+            if hasattr(task, "after_restore"):
+                task.after_restore()
+        start = int(step_var.numpy())
+        if start >= task.num_steps:
+            writer.log(f"# already trained to step {start} >= num_train_steps {task.num_steps}; nothing to do")
+            return {}
 
-    restore_from = tf.train.latest_checkpoint(os.path.join(cfg.out_dir, CKPT_DIR))
-    if restore_from:
-        ckpt.restore(restore_from).expect_partial()
-        writer.log(f"# resuming from step {int(step_var.numpy())} ({restore_from})")
-        if hasattr(task, "after_restore"):
-            task.after_restore()
-    start = int(step_var.numpy())
-    if start >= task.num_steps:
-        writer.log(f"# already trained to step {start} >= num_train_steps {task.num_steps}; nothing to do")
-        return {}
+        dist_ds = strategy.distribute_datasets_from_function(task.dataset)
+        iterator = iter(dist_ds)
 
-    dist_ds = strategy.distribute_datasets_from_function(task.dataset)
-    iterator = iter(dist_ds)
+        @tf.function
+        def train_step(it):
+            per_replica = strategy.run(task.replica_step, args=(next(it),))
+            return {k: strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None) for k, v in per_replica.items()}
 
-    @tf.function
-    def train_step(it):
-        per_replica = strategy.run(task.replica_step, args=(next(it),))
-        return {k: strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None) for k, v in per_replica.items()}
+        def save(step: int) -> str:
+            step_var.assign(step)
+            return manager.save(checkpoint_number=step)
 
-    def save(step: int) -> str:
-        step_var.assign(step)
-        return manager.save(checkpoint_number=step)
-
-    last: dict[str, float] = {}
-    sums: dict[str, Any] = {}
-    n_steps, t0 = 0, time.perf_counter()
-    step = start
-    writer.log(f"# training from step {start} to {task.num_steps}")
-    while step < task.num_steps:
-        out = train_step(iterator)
-        step += 1
-        n_steps += 1
-        for k, v in out.items():
-            sums[k] = sums[k] + v if k in sums else v
-        _maybe_fail(step, cfg.out_dir)
-        is_stats = step % cfg.steps_per_stats == 0 or step == task.num_steps
-        is_eval = step % cfg.eval_every == 0 or step == task.num_steps
-        if step == start + 1 and not is_stats:
-            # The first step traces and compiles the graph: leave it out of the timed window
-            # (and of that window's sums) so perf/ metrics measure steady-state steps.
-            for v in out.values():
-                v.numpy()
-            sums, n_steps, t0 = {}, 0, time.perf_counter()
-        if not (is_stats or is_eval):
-            continue
-        if is_stats:
-            seconds = time.perf_counter() - t0
-            host = {k: float(v.numpy()) for k, v in sums.items()}
-            last = task.stats(host, n_steps, seconds)
-            sums, n_steps = {}, 0
-        ckpt_path = None
-        if is_eval:
-            ckpt_path = save(step)
-            if ctx.is_chief:
-                ev = task.evaluate(step)
-                last.update(ev)
-                if task.best_metric and task.best_metric[0] in ev:
-                    name, mode = task.best_metric
-                    value, best = ev[name], float(best_var.numpy())
-                    if best != best or (value > best if mode == "max" else value < best):
-                        best_var.assign(value)
-                        _copy_checkpoint(ckpt_path, os.path.join(cfg.out_dir, BEST_DIR))
-                        last[f"best/{name}"] = value
-                    else:
-                        last[f"best/{name}"] = best
-        writer.write(step, last)
-        if report is not None:
-            report(dict(last, step=step), ckpt_path)
-        t0 = time.perf_counter()
-    writer.close()
-    return last
+        last: dict[str, float] = {}
+        sums: dict[str, Any] = {}
+        n_steps, t0 = 0, time.perf_counter()
+        step = start
+        writer.log(f"# training from step {start} to {task.num_steps}")
+        while step < task.num_steps:
+            out = train_step(iterator)
+            step += 1
+            n_steps += 1
+            for k, v in out.items():
+                sums[k] = sums[k] + v if k in sums else v
+            _maybe_fail(step, cfg.out_dir)
+            is_stats = step % cfg.steps_per_stats == 0 or step == task.num_steps
+            is_eval = step % cfg.eval_every == 0 or step == task.num_steps
+            if step == start + 1 and not is_stats:
+                # The first step traces and compiles the graph: leave it out of the timed window
+                # (and of that window's sums) so perf/ metrics measure steady-state steps.
+                for v in out.values():
+                    v.numpy()
+                sums, n_steps, t0 = {}, 0, time.perf_counter()
+            if not (is_stats or is_eval):
+                continue
+            if is_stats:
+                seconds = time.perf_counter() - t0
+                host = {k: float(v.numpy()) for k, v in sums.items()}
+                last = task.stats(host, n_steps, seconds)
+                sums, n_steps = {}, 0
+            ckpt_path = None
+            if is_eval:
+                ckpt_path = save(step)
+                if ctx.is_chief:
+                    ev = task.evaluate(step)
+                    last.update(ev)
+                    if task.best_metric and task.best_metric[0] in ev:
+                        name, mode = task.best_metric
+                        value, best = ev[name], float(best_var.numpy())
+                        if best != best or (value > best if mode == "max" else value < best):
+                            best_var.assign(value)
+                            _copy_checkpoint(ckpt_path, os.path.join(cfg.out_dir, BEST_DIR))
+                            last[f"best/{name}"] = value
+                        else:
+                            last[f"best/{name}"] = best
+            writer.write(step, last)
+            if report is not None:
+                report(dict(last, step=step), ckpt_path)
+            t0 = time.perf_counter()
+        writer.close()
+        return last
+    finally:
+        if not ctx.is_chief:  # a non-chief's scratch copies are never read again
+            shutil.rmtree(ckpt_dir, ignore_errors=True)
