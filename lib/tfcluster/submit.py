@@ -50,9 +50,12 @@ def _check_reachable(address: str, timeout: float = 10.0) -> None:
     try:
         socket.create_connection((url.hostname, port), timeout=timeout).close()
     except OSError as e:
-        reason = e.strerror or type(e).__name__
-        raise UserError(f"cannot reach the Ray dashboard at {address}: {reason}; "
-                        "start one with `tfcluster cluster up` or check the address") from None
+        raise _unreachable(address, e.strerror or type(e).__name__) from None
+
+
+def _unreachable(address: str, reason: str) -> UserError:
+    return UserError(f"cannot reach the Ray dashboard at {address}: {reason}; "
+                     "start one with `tfcluster cluster up` or check the address")
 
 
 def _auth_error(address: str, text: str) -> UserError:
@@ -81,8 +84,7 @@ def job_client(address: str):
     except AuthenticationError as e:
         raise _auth_error(address, str(e)) from None
     except ConnectionError as e:
-        raise UserError(f"cannot reach the Ray dashboard at {address}: {str(e).splitlines()[0]}; "
-                        "start one with `tfcluster cluster up` or check the address") from None
+        raise _unreachable(address, str(e).splitlines()[0]) from None
     except (RuntimeError, ValueError) as e:
         text = str(e).splitlines()[0] if str(e) else type(e).__name__
         if "401" in text or "403" in text or "auth" in text.lower() or "token" in text.lower():

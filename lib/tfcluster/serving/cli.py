@@ -108,7 +108,7 @@ def build_inputs(args, client) -> dict:
             obs = obs[None]
         return {key: obs.astype(t.dtype if t.dtype != "string" else np.float32)}
     if args.image:
-        return {**image_inputs(args.model, spec, args.image)}
+        return image_inputs(args.model, spec, args.image)
     if args.text:
         strings = [k for k, t in spec.items() if t.dtype == "string"]
         if len(keys) != 1 or not strings:

@@ -197,15 +197,18 @@ def make_handler(core: Core, monitoring_path: str | None, timeout_s: float):
         def log_message(self, fmt, *args):  # quiet: one debug line per request
             log.debug("rest %s", fmt % args)
 
-        def _send(self, status: int, body: bytes, ctype: str = "application/json") -> None:
+        def _send(self, status: int, body: bytes, ctype: str = "application/json", headers: dict | None = None) -> None:
             self.send_response(status)
             self.send_header("Content-Type", ctype)
             self.send_header("Content-Length", str(len(body)))
+            for k, v in (headers or {}).items():
+                self.send_header(k, v)
             self.end_headers()
-            self.wfile.write(body)
+            if self.command != "HEAD":
+                self.wfile.write(body)
 
-        def _json(self, status: int, obj) -> None:
-            self._send(status, (json.dumps(obj, indent=1) + "\n").encode())
+        def _json(self, status: int, obj, headers: dict | None = None) -> None:
+            self._send(status, (json.dumps(obj, indent=1) + "\n").encode(), headers=headers)
 
         def _error(self, f: Failure) -> None:
             self._json(HTTP_STATUS.get(f.code, 500), {"error": f.message})
@@ -222,19 +225,9 @@ def make_handler(core: Core, monitoring_path: str | None, timeout_s: float):
             path = self.path.split("?", 1)[0]
             m = _PATH.match(path)
             if not m and path != monitoring_path:
-                status, allowed, msg = 404, None, f"Malformed request: {self.command} {path}"
-            else:
-                allowed = "POST" if m and m["verb"] else "GET"
-                status, msg = 405, f"Method {self.command} is not allowed on {path}; use {allowed}"
-            body = (json.dumps({"error": msg}, indent=1) + "\n").encode()
-            self.send_response(status)
-            if allowed:
-                self.send_header("Allow", allowed)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            if self.command != "HEAD":
-                self.wfile.write(body)
+                return self._json(404, {"error": f"Malformed request: {self.command} {path}"})
+            allowed = "POST" if m and m["verb"] else "GET"
+            self._json(405, {"error": f"Method {self.command} is not allowed on {path}; use {allowed}"}, {"Allow": allowed})
 
         do_PUT = do_DELETE = do_PATCH = do_OPTIONS = do_HEAD = do_TRACE = do_CONNECT = _not_allowed
 

@@ -111,9 +111,9 @@ def to_typed_proto(array: Any):
     field = _TYPED_FIELD.get(dtype.name)
     if field is None:
         return tf.make_tensor_proto(a)
-    proto = tf.make_tensor_proto(np.zeros((0,), a.dtype))
-    proto.ClearField("tensor_content")
-    proto.tensor_shape.CopyFrom(tf.TensorShape(a.shape).as_proto())
+    from tensorflow.core.framework import tensor_pb2
+
+    proto = tensor_pb2.TensorProto(dtype=dtype.as_datatype_enum, tensor_shape=tf.TensorShape(a.shape).as_proto())
     flat = a.ravel()
     if field == "half_val":
         flat = flat.view(np.uint16)
