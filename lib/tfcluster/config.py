@@ -35,26 +35,43 @@ CONFIG_FILE = "config.json"
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class RunConfig:
-    """Settings every workload shares: where to write, how to scale, how often to report."""
+    """Settings every run has, data-parallel loop and RL algorithm alike (`tfcluster.runs`)."""
 
     out_dir: str = "runs/default"
     """Where checkpoints, metrics.jsonl, TensorBoard events and config.json go (local path or gs://, s3:// URI)."""
     model_base_path: str = ""
     """Model repository to export into at the end (`<base>/<model>/<version>/`); empty: no export."""
-    num_workers: int = 1
-    """Ray Train workers (data-parallel replicas); the global batch is split across them."""
     use_gpu: bool = False
-    """Give each worker one GPU (Ray Train ScalingConfig.use_gpu)."""
+    """Give each worker (RL: the learner) one GPU (Ray Train ScalingConfig.use_gpu)."""
     cpus_per_worker: float = 1.0
-    """CPUs reserved per worker in the Ray cluster."""
+    """CPUs reserved per worker (RL: for the learner) in the Ray cluster."""
     address: str = ""
     """Ray cluster to join (`auto`, `ray://host:10001`, or empty: RAY_ADDRESS or a new local Ray)."""
-    max_failures: int = 3
-    """Times Ray Train restarts failed workers from the last checkpoint (-1: forever)."""
+    wait_for_resources: float = 0.0
+    """Seconds to wait for the Ray cluster to offer the CPUs/GPUs the run asks for (an autoscaler adding
+    nodes); 0: wait only when the cluster has an autoscaler (up to 30 minutes), else fail at once."""
     seed: int = 0
     """Random seed; worker i uses seed + i."""
     steps_per_stats: int = 100
     """Print a stats line and append to metrics.jsonl every this many steps (tensorflow/nmt: 100)."""
+
+    def check_run(self) -> None:
+        if self.steps_per_stats < 1:
+            raise ValueError(f"--steps_per_stats must be at least 1, got {self.steps_per_stats}")
+        if self.cpus_per_worker <= 0:
+            raise ValueError(f"--cpus_per_worker must be positive, got {self.cpus_per_worker}")
+        if self.wait_for_resources < 0:
+            raise ValueError(f"--wait_for_resources must be 0 or more seconds, got {self.wait_for_resources:g}")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class LoopConfig(RunConfig):
+    """Settings of the shared data-parallel loop (`tfcluster.train`): workers, restarts, evaluation, checkpoints."""
+
+    num_workers: int = 1
+    """Ray Train workers (data-parallel replicas); the global batch is split across them."""
+    max_failures: int = 3
+    """Times Ray Train restarts failed workers from the last checkpoint (-1: forever)."""
     steps_per_external_eval: int = 0
     """Evaluate (BLEU, SWD, returns) and checkpoint every this many steps; 0: 10 x steps_per_stats (tensorflow/nmt)."""
     keep_checkpoint_max: int = 5
@@ -65,12 +82,9 @@ class RunConfig:
         return self.steps_per_external_eval or 10 * self.steps_per_stats
 
     def check_run(self) -> None:
+        super().check_run()
         if self.num_workers < 1:
             raise ValueError(f"--num_workers must be at least 1, got {self.num_workers}")
-        if self.steps_per_stats < 1:
-            raise ValueError(f"--steps_per_stats must be at least 1, got {self.steps_per_stats}")
-        if self.cpus_per_worker <= 0:
-            raise ValueError(f"--cpus_per_worker must be positive, got {self.cpus_per_worker}")
 
 
 # ---------------------------------------------------------------------------- introspection
@@ -148,19 +162,20 @@ def coerce(cls: type, name: str, value: Any) -> Any:
 # ---------------------------------------------------------------------------- flags
 
 
-def add_config_flags(parser: argparse.ArgumentParser, cls: type) -> None:
-    """One flag per field of `cls`; defaults are suppressed so explicit flags can be told apart."""
+def add_config_flags(parser: argparse.ArgumentParser, cls: type, *, title: str = "", hparams: bool = True) -> None:
+    """One flag per field of `cls` (but fields with metadata flag=False); defaults are suppressed so
+    explicit flags can be told apart. With `hparams`, also --hparams_path (a preset of settings)."""
     docs = field_docs(cls)
     hints = _hints(cls)
-    group = parser.add_argument_group(f"{cls.__module__.rsplit('.', 1)[-1]} settings")
+    group = parser.add_argument_group(title or f"{cls.__module__.rsplit('.', 1)[-1]} settings")
     for f in dataclasses.fields(cls):
-        if not f.init:
+        if not f.init or not f.metadata.get("flag", True):
             continue
         tp, choices = _base_type(hints[f.name])
         default = f.default if f.default is not dataclasses.MISSING else None
         help_ = docs.get(f.name, "")
         help_ = f"{help_} (default: {default!r})" if help_ else f"default: {default!r}"
-        kw: dict[str, Any] = dict(dest=f.name, default=argparse.SUPPRESS, help=help_)
+        kw: dict[str, Any] = dict(dest=f.name, default=argparse.SUPPRESS, help=help_.replace("%", "%%"))
         if tp is bool:
             kw.update(type=str2bool, nargs="?", const=True, metavar="BOOL")
         else:
@@ -168,6 +183,8 @@ def add_config_flags(parser: argparse.ArgumentParser, cls: type) -> None:
             if choices is not None:
                 kw["choices"] = choices
         group.add_argument(f"--{f.name}", **kw)
+    if not hparams:
+        return
     parser.add_argument(
         "--hparams_path",
         default=None,
@@ -231,13 +248,6 @@ def config_from_args(cls: type[C], ns: argparse.Namespace, *, resume: bool = Tru
             values.update({k: v for k, v in load_json(saved).items() if k in names})
     values.update(explicit)
     return build(cls, values, preset or "flags"), explicit
-
-
-def parse(cls: type[C], argv: list[str] | None = None, *, prog: str | None = None, description: str | None = None) -> C:
-    parser = argparse.ArgumentParser(prog=prog, description=description)
-    add_config_flags(parser, cls)
-    cfg, _ = config_from_args(cls, parser.parse_args(argv))
-    return cfg
 
 
 # ---------------------------------------------------------------------------- paths

@@ -116,7 +116,7 @@ def warn_if_no_gpu(asked: bool, where: str) -> bool:
     return True
 
 
-# Environment for every Ray worker of a tfcluster job (see train.driver.init_ray).
+# Environment for every Ray worker of a tfcluster job (see runs.init_ray).
 RAY_ENV = {
     "TF_CPP_MIN_LOG_LEVEL": "3",
     # Ray Train copies each print() of a worker into its logger as well, so every line

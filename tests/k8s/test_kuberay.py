@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from kube_support import RAY_DIR, K8S_VERSIONS
+from tfcluster import config as config_mod
 from tfcluster import workloads
 
 WORKLOADS = tuple(workloads.WORKLOADS)  # every registered workload has its RayJob
@@ -112,7 +113,13 @@ def test_rayjob_per_workload(workload):
     env = yaml.safe_load(spec["runtimeEnvYAML"])
     assert env["working_dir"] == "/app" and env["env_vars"]["KERAS_BACKEND"] == "tensorflow"
     workers = spec["rayClusterSpec"]["workerGroupSpecs"][0]
-    assert workers["replicas"] == int(flags["--num_workers"])  # one Ray Train worker per pod
+    if workloads.get(workload).is_rl:  # the learner runs in the driver; env runners fill the worker pods
+        pod_cpus = float(workers["template"]["spec"]["containers"][0]["resources"]["requests"]["cpu"])
+        runners = int(flags["--num_env_runners"]) * float(flags.get("--num_cpus_per_env_runner", 1))
+        assert "--num_workers" not in flags and 0 < runners <= workers["replicas"] * pod_cpus
+    else:
+        assert workers["replicas"] == int(flags["--num_workers"])  # one Ray Train worker per pod
+    config_mod.build(workloads.get(workload).config, {k[2:]: v for k, v in flags.items()}, "entrypoint")
     if flags.get("--use_gpu") == "true":
         assert workers["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"
     # The model lands where the serving chart looks: <claim tfcluster-models>/<model>/<version>.

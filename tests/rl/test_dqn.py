@@ -6,7 +6,7 @@ import tensorflow as tf
 
 from tfcluster.errors import UserError
 from tfcluster.rl import DQNConfig
-from tfcluster.rl.algorithm import parse_config
+from tfcluster import runs
 from tfcluster.workloads import dqn
 
 
@@ -18,11 +18,11 @@ def test_numpy_mlp_matches_keras(dueling):
 
 
 def test_preset_follows_the_env_and_flags_win():
-    cp = parse_config(dqn.Config, ["--env", "CartPole-v1", "--out_dir", "/nonexistent/x"], "dqn")
-    at = parse_config(dqn.Config, ["--env", "Breakout", "--out_dir", "/nonexistent/y"], "dqn")
+    cp = runs.parse(dqn.WORKLOAD, ["--env", "CartPole-v1", "--out_dir", "/nonexistent/x"])
+    at = runs.parse(dqn.WORKLOAD, ["--env", "Breakout", "--out_dir", "/nonexistent/y"])
     assert (cp.network_header_type, cp.optimizer, cp.t_learn_start) == ("mlp", "adam", 1000)
     assert (at.network_header_type, at.optimizer, at.t_learn_start, at.learning_rate) == ("nips", "rmsprop", 50_000, 0.00025)
-    own = parse_config(dqn.Config, ["--env", "CartPole-v1", "--double_q", "false", "--out_dir", "/nonexistent/z"], "dqn")
+    own = runs.parse(dqn.WORKLOAD, ["--env", "CartPole-v1", "--double_q", "false", "--out_dir", "/nonexistent/z"])
     assert own.double_q is False
 
 

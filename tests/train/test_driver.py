@@ -6,6 +6,7 @@ import pytest
 
 from tfcluster import config as config_mod
 from tfcluster.data import toy
+from tfcluster import runs
 from tfcluster.errors import UserError
 from tfcluster.metrics import read_metrics
 from tfcluster.train import driver
@@ -63,7 +64,16 @@ def test_failed_worker_restarts_from_last_checkpoint(ray_local, tmp_path, monkey
 def test_more_workers_than_cpus_is_one_line(ray_local, tmp_path):
     cfg = small_cfg(tmp_path, num_workers=3, num_train_steps=2)
     with pytest.raises(UserError, match=r"--num_workers 3 x --cpus_per_worker 1 needs 3 CPUs, the Ray cluster has 2"):
-        driver.check_resources(cfg)
+        runs.require(driver.needs(cfg))
+
+
+def test_waiting_for_resources_says_so_and_gives_up_with_one_line(ray_local, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(runs, "WAIT_POLL_S", 0.2)
+    cfg = small_cfg(tmp_path, num_workers=3, num_train_steps=2, wait_for_resources=1.0)
+    with pytest.raises(UserError, match=r"needs 3 CPUs, the Ray cluster has 2; .*\(waited 1 s\)"):
+        runs.require(driver.needs(cfg), cfg.wait_for_resources)
+    assert "# waiting up to 1 s for the Ray cluster to offer 3 CPU (have 2)" in capsys.readouterr().out
+    runs.require(driver.needs(small_cfg(tmp_path, num_workers=2)), 1.0)  # what fits never waits
 
 
 def test_path_settings_become_absolute_for_workers(tmp_path, monkeypatch):

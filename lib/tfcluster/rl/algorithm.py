@@ -28,11 +28,11 @@ import numpy as np
 from ray.tune import Trainable
 
 from tfcluster import config as config_mod
+from tfcluster import runs
 from tfcluster.config import RunConfig
 from tfcluster.errors import UserError
+from tfcluster.runs import BEST_DIR, CKPT_DIR
 
-CKPT_DIR = "ckpt"
-BEST_DIR = "best"
 RESULT_PREFIXES = ("env_runners/", "learners/", "evaluation/", "perf/")
 
 
@@ -143,9 +143,7 @@ class Algorithm(Trainable):
         cfg = config_mod.build(self.config_cls, config, type(self).__name__)
         self.cfg = cfg
         if cfg.num_env_runners > 0:
-            from tfcluster.train.driver import init_ray
-
-            init_ray(cfg.address)
+            runs.init_ray(cfg.address)
         import keras
 
         from tfcluster import quiet
@@ -327,18 +325,11 @@ def policy_weights_from(out_dir: str, which: str = "best") -> list[np.ndarray]:
     raise UserError(f"no checkpoint in {out_dir} ({'/'.join(order)}); train first (--is_train true)")
 
 
-def check_ray_resources(cfg: Any) -> None:
-    import ray
-
-    cpus = ray.cluster_resources().get("CPU", 0)
-    need = cfg.num_env_runners * cfg.num_cpus_per_env_runner
-    if need > cpus:
-        raise UserError(
-            f"--num_env_runners {cfg.num_env_runners} x --num_cpus_per_env_runner {cfg.num_cpus_per_env_runner:g} "
-            f"needs {need:g} CPUs, the Ray cluster has {cpus:g}; lower either"
-        )
-    if cfg.use_gpu and ray.cluster_resources().get("GPU", 0) < 1:
-        raise UserError("--use_gpu needs a GPU in the Ray cluster; drop --use_gpu or add a GPU node")
+def needs(cfg: Any) -> list[runs.Need]:
+    """What the env runners and a GPU learner ask of the Ray cluster."""
+    n, c = cfg.num_env_runners, cfg.num_cpus_per_env_runner
+    return [runs.Need("CPU", n * c, f"--num_env_runners {n} x --num_cpus_per_env_runner {c:g}", "lower either"),
+            runs.Need("GPU", 1 if cfg.use_gpu else 0, "--use_gpu", "drop --use_gpu or add a GPU node")]
 
 
 class _Handle:
@@ -362,24 +353,21 @@ class _Handle:
         return lambda *a, **k: ray.get(fn.remote(*a, **k))
 
 
-def run(algo_cls: type, cfg: Any, workload: str, export_checkpoint: Any) -> dict[str, Any]:
-    """Train `cfg` until solved or out of budget (resuming from out_dir/ckpt), export at the end."""
+def run(wl: Any, cfg: Any) -> dict[str, Any]:
+    """Train RL workload `wl` with `cfg` until solved or out of budget (resuming from out_dir/ckpt), export at the end."""
     from tfcluster.metrics import MetricsWriter
 
-    resumed = os.path.exists(os.path.join(cfg.out_dir, CKPT_DIR, "state.json"))
-    config_mod.save(cfg)
-    print(f"# {workload}: {'resuming in' if resumed else 'new run in'} {cfg.out_dir}", flush=True)
-    print("# hyperparameters\n" + config_mod.table(cfg), flush=True)
+    ckpt_dir, best_dir = (os.path.abspath(runs.folder(cfg.out_dir, w)) for w in ("last", "best"))
+    resumed = os.path.exists(os.path.join(ckpt_dir, "state.json"))
+    runs.start(wl.name, cfg, resumed)
     if cfg.num_env_runners > 0 or cfg.use_gpu:
-        from tfcluster.train.driver import init_ray
-
-        init_ray(cfg.address)
-        check_ray_resources(cfg)
-    algo = _Handle(algo_cls, cfg)
+        runs.init_ray(cfg.address)
+        runs.require(needs(cfg), cfg.wait_for_resources)
+    algo = _Handle(wl.algorithm, cfg)
     if resumed:
-        algo.restore(os.path.abspath(os.path.join(cfg.out_dir, CKPT_DIR)))
+        algo.restore(ckpt_dir)
     writer = MetricsWriter(cfg.out_dir)
-    best = -math.inf
+    best: float | None = None
     result: dict[str, Any] = {}
     try:
         while True:
@@ -387,64 +375,55 @@ def run(algo_cls: type, cfg: Any, workload: str, export_checkpoint: Any) -> dict
             rec = {k: v for k, v in result.items() if k.startswith(RESULT_PREFIXES) and isinstance(v, (int, float))}
             rec["training_iteration"] = result["training_iteration"]
             writer.write(int(result["env_runners/num_env_steps_sampled_lifetime"]), rec)
-            algo.save(os.path.abspath(os.path.join(cfg.out_dir, CKPT_DIR)))
-            mean = result.get(("evaluation/" if cfg.solve_metric == "evaluation" else "") + "env_runners/episode_return_mean", math.nan)
-            if not math.isnan(mean) and mean >= best:
+            algo.save(ckpt_dir)
+            mean = result.get(("evaluation/" if cfg.solve_metric == "evaluation" else "") + "env_runners/episode_return_mean")
+            if runs.is_better(mean, best, "max") or (best is not None and mean == best):  # ties: the later weights
                 best = mean
-                algo.save(os.path.abspath(os.path.join(cfg.out_dir, BEST_DIR)))
+                algo.save(best_dir)
             if result.get("done"):
                 break
         final = algo.evaluate_policy(cfg.test_episodes, cfg.display)
         if final:  # the last record holds the training and the evaluation returns
             writer.write(int(result["env_runners/num_env_steps_sampled_lifetime"]), {**rec, **final})
-        if cfg.model_base_path:
-            result["export_path"] = export_checkpoint(cfg, which="best")
-            print(f"# exported {result['export_path']}", flush=True)
+        path = runs.export(wl, cfg, "best")
+        if path:
+            result["export_path"] = path
     finally:
         writer.close()
         algo.stop()
     return result
 
 
-def train_main(algo_cls: type, workload: str, export_checkpoint: Any, argv: list[str] | None,
-               description: str) -> int:
-    """What `jobs/train_<workload>.py` runs: train until solved or out of budget and export,
-    or with `--is_train false` evaluate the best checkpoint of out_dir."""
-    cfg = parse_config(algo_cls.config_cls, argv, workload, description=description)
-    if cfg.is_train:
-        run(algo_cls, cfg, workload, export_checkpoint)
-    else:
-        evaluate_run(algo_cls, cfg)
-    return 0
-
-
-def parse_config(config_cls: type, argv: list[str] | None, workload: str, description: str | None = None):
-    """Flags -> Config, with the preset chosen by --env (Atari or CartPole values) unless
-    --hparams_path names one. Precedence: defaults < preset < out_dir/config.json < flags."""
-    import argparse
-
-    parser = argparse.ArgumentParser(prog=f"train_{workload}.py", description=description)
-    config_mod.add_config_flags(parser, config_cls)
-    ns = parser.parse_args(argv)
-    choose_preset(ns, config_cls, workload)
-    cfg, _ = config_mod.config_from_args(config_cls, ns)
-    return cfg
-
-
-def choose_preset(ns: Any, config_cls: type, workload: str) -> None:
-    """Without --hparams_path, use the preset of the env (--env, else the one saved in out_dir, else the default)."""
+def env_preset(workload: str, config_cls: type):
+    """`Workload.preset` of an RL workload: without --hparams_path, the preset of the env (--env, else
+    the one saved in out_dir, else the default): `<workload>_atari.json` or `<workload>_cartpole.json`."""
     from tfcluster.rl import preset_path
 
-    if ns.hparams_path is not None:
-        return
-    env = getattr(ns, "env", None)
-    saved = os.path.join(getattr(ns, "out_dir", ""), config_mod.CONFIG_FILE) if hasattr(ns, "out_dir") else ""
-    if env is None and saved and os.path.exists(saved):
-        env = config_mod.load_json(saved).get("env")
-    env = env or next(f.default for f in dataclasses.fields(config_cls) if f.name == "env")
-    path = preset_path(workload, env)
-    if os.path.exists(path):
-        ns.hparams_path = path
+    def preset(ns: Any) -> None:
+        if ns.hparams_path is not None:
+            return
+        env = getattr(ns, "env", None)
+        saved = os.path.join(getattr(ns, "out_dir", ""), config_mod.CONFIG_FILE) if hasattr(ns, "out_dir") else ""
+        if env is None and saved and os.path.exists(saved):
+            env = config_mod.load_json(saved).get("env")
+        env = env or next(f.default for f in dataclasses.fields(config_cls) if f.name == "env")
+        path = preset_path(workload, env)
+        if os.path.exists(path):
+            ns.hparams_path = path
+
+    return preset
+
+
+def evaluate_offline(algo_cls: type):
+    """`Workload.offline` of an RL workload: `--is_train false` evaluates the best checkpoint instead of training."""
+
+    def offline(cfg: Any) -> bool:
+        if cfg.is_train:
+            return False
+        evaluate_run(algo_cls, cfg)
+        return True
+
+    return offline
 
 
 def evaluate_run(algo_cls: type, cfg: Any) -> dict[str, float]:

@@ -41,14 +41,14 @@ def pg_policy(seed: int = 0, obs_dim: int = 4, actions: int = 2):
             super().__init__()
             self.w, self.b = tf.Variable(w), tf.Variable(b)
 
-        @tf.function(input_signature=[tf.TensorSpec([None, obs_dim], tf.float32, name="observation")])
+        @tf.function(input_signature=[tf.TensorSpec([None, obs_dim], tf.float32, name=contract.PG.inputs[0].key)])
         def serve(self, observation):
             from tfcluster import export
 
             # The graph checks its input, as the pg workload's export does (TF Serving feeds any shape).
             observation = export.require_shape(observation, [obs_dim], f"observation must have shape [batch, {obs_dim}]")
             p = tf.nn.softmax(tf.matmul(observation, self.w) + self.b)
-            return {"action": tf.argmax(p, axis=-1, output_type=tf.int64), "probabilities": p}
+            return {contract.PG.outputs[0].key: tf.argmax(p, axis=-1, output_type=tf.int64), contract.PG.outputs[1].key: p}
 
     return Policy()
 
@@ -57,13 +57,13 @@ def nmt_echo():
     tf = _tf()
 
     class Echo(tf.Module):
-        @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="source")])
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=contract.NMT.inputs[0].key)])
         def serve(self, source):
             words = tf.strings.split(tf.strings.upper(source))
             translation = tf.strings.reduce_join(tf.reverse(words, axis=[-1]).to_tensor(default_value=""), axis=-1, separator=" ")
             translation = tf.strings.strip(tf.strings.regex_replace(translation, " +", " "))
             score = -0.5 * tf.cast(words.row_lengths(), tf.float32)
-            return {"translation": translation, "score": score}
+            return {contract.NMT.outputs[0].key: translation, contract.NMT.outputs[1].key: score}
 
     return Echo()
 
@@ -72,12 +72,12 @@ def dcgan_ramp(z_dim: int = 8, size: int = 4):
     tf = _tf()
 
     class Ramp(tf.Module):
-        @tf.function(input_signature=[tf.TensorSpec([None, z_dim], tf.float32, name="z")])
+        @tf.function(input_signature=[tf.TensorSpec([None, z_dim], tf.float32, name=contract.DCGAN.inputs[0].key)])
         def serve(self, z):
             base = tf.reshape(tf.range(size * size, dtype=tf.float32) / (size * size), [1, size, size, 1])
             shift = tf.reshape(tf.reduce_mean(z, axis=-1), [-1, 1, 1, 1])
             img = tf.clip_by_value((base + 0.1 * shift) * 255.0, 0.0, 255.0)
-            return {"images": tf.cast(img, tf.uint8)}
+            return {contract.DCGAN.outputs[0].key: tf.cast(img, tf.uint8)}
 
     return Ramp()
 

@@ -20,10 +20,10 @@ import tempfile
 import time
 from typing import Any, Callable, Protocol
 
+from tfcluster import runs
 from tfcluster.metrics import MetricsWriter
+from tfcluster.runs import BEST_DIR, CKPT_DIR
 
-CKPT_DIR = "ckpt"
-BEST_DIR = "best"
 FAIL_AT_STEP_ENV = "TFCLUSTER_FAIL_AT_STEP"  # fault injection for the restart test
 
 
@@ -50,8 +50,8 @@ class Task(Protocol):
     - `stats(sums, steps, seconds)`: metrics for a stats line from the summed values.
     - `evaluate(step)`: quality metrics (chief only), e.g. {"eval/bleu": 21.3}.
     - `best_metric`: (name, "max"|"min") of the metric whose best checkpoint is kept, or None.
-    - optional `after_restore()`: re-apply settings a checkpoint overwrote (a learning rate
-      held in an optimizer variable, which a PBT trial has just changed).
+    - `after_restore()`: re-apply settings a checkpoint overwrote (a learning rate held in an
+      optimizer variable, which a PBT trial has just changed); `TaskBase` does nothing.
     """
 
     num_steps: int
@@ -62,6 +62,16 @@ class Task(Protocol):
     def replica_step(self, batch: Any) -> dict[str, Any]: ...
     def stats(self, sums: dict[str, float], steps: int, seconds: float) -> dict[str, float]: ...
     def evaluate(self, step: int) -> dict[str, float]: ...
+    def after_restore(self) -> None: ...
+
+
+class TaskBase:
+    """Defaults for a `Task`: no best metric, nothing to redo after a restore."""
+
+    best_metric: tuple[str, str] | None = None
+
+    def after_restore(self) -> None:
+        """Nothing a checkpoint overwrote needs setting again."""
 
 
 def single_host_loopback() -> None:
@@ -109,8 +119,7 @@ def latest_checkpoint(out_dir: str, which: str = "last") -> str | None:
     """Path prefix of the last (or best) checkpoint in `out_dir`, or None."""
     import tensorflow as tf
 
-    sub = BEST_DIR if which == "best" else CKPT_DIR
-    path = tf.train.latest_checkpoint(os.path.join(out_dir, sub))
+    path = tf.train.latest_checkpoint(runs.folder(out_dir, which))
     if path is None and which == "best":
         return latest_checkpoint(out_dir, "last")
     return path
@@ -193,8 +202,7 @@ def run_loop(
         if restore_from:
             ckpt.restore(restore_from).expect_partial()
             writer.log(f"# resuming from step {int(step_var.numpy())} ({restore_from})")
-            if hasattr(task, "after_restore"):
-                task.after_restore()
+            task.after_restore()
         start = int(step_var.numpy())
         if start >= task.num_steps:
             writer.log(f"# already trained to step {start} >= num_train_steps {task.num_steps}; nothing to do")
@@ -248,7 +256,7 @@ def run_loop(
                     if task.best_metric and task.best_metric[0] in ev:
                         name, mode = task.best_metric
                         value, best = ev[name], float(best_var.numpy())
-                        if best != best or (value > best if mode == "max" else value < best):
+                        if runs.is_better(value, best, mode):
                             best_var.assign(value)
                             _copy_checkpoint(ckpt_path, os.path.join(cfg.out_dir, BEST_DIR))
                             last[f"best/{name}"] = value

@@ -14,7 +14,6 @@ The sweep adds only the search space (`tfcluster.tune.spaces`).
 
 from __future__ import annotations
 
-import argparse
 import csv
 import dataclasses
 import functools
@@ -25,7 +24,7 @@ import shutil
 import tempfile
 import threading
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Literal
 
 from tfcluster import config as config_mod
 from tfcluster.errors import UserError
@@ -38,68 +37,58 @@ DRIVER_MEMORY = 512 * 1024**2  # what a multi-worker trial's own process reserve
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class SweepConfig:
-    """The sweep's own settings (workload settings are parsed separately)."""
+    """The sweep's own settings (the workload's settings are its Config, parsed beside them)."""
 
-    workload: str
+    workload: str = dataclasses.field(default="", metadata={"flag": False})
     num_samples: int = 8
-    scheduler: str = "asha"
-    search: str = "random"
+    """Trials to run."""
+    scheduler: Literal["asha", "pbt", "fifo"] = "asha"
+    """Trial scheduler: asha (stops bad trials early), pbt (population based training), fifo."""
+    search: Literal["random", "optuna"] = "random"
+    """Search algorithm: random sampling or Optuna's TPE."""
     max_concurrent_trials: int = 0
+    """Trials running at once; 0: as many as the cluster's resources allow."""
     metric: str = ""
-    mode: str = ""
+    """Metric to optimize (default: the workload's eval metric)."""
+    mode: Literal["", "max", "min"] = ""
+    """max or min (default: the workload's)."""
     time_budget_s: float = 0.0
+    """Stop the sweep after this many seconds; 0: no limit."""
     grace_period: int = 1
+    """ASHA: eval reports every trial gets before it can be stopped."""
     evals_per_trial: int = 4
+    """Eval reports per trial when --steps_per_external_eval is not given."""
     storage_path: str = "runs/sweeps"
+    """Where experiments go (a local/NFS path, or a URI such as s3://bucket/sweeps)."""
     name: str = ""
+    """Experiment name (default: <workload>-<time>); --resume needs it."""
     resume: bool = False
+    """Continue the interrupted experiment storage_path/name."""
     cpus_per_trial: float = 1.0
+    """CPUs per trial, for its learner or workers; RL env runners add --num_cpus_per_env_runner each."""
     gpus_per_trial: float = 0.0
+    """GPUs per trial, fractions allowed."""
     workers_per_trial: int = 1
+    """Ray Train workers per trial (data-parallel workloads); they share --cpus_per_trial and --gpus_per_trial."""
     export_best: bool = False
+    """Export the best trial to --model_base_path."""
     search_space: str = ""
-    seed: int = 0
-
-
-def add_sweep_flags(parser: argparse.ArgumentParser) -> None:
-    g = parser.add_argument_group("sweep settings")
-    g.add_argument("--num_samples", type=int, default=8, help="trials to run (default: 8)")
-    g.add_argument("--scheduler", choices=("asha", "pbt", "fifo"), default="asha", help="trial scheduler (default: asha)")
-    g.add_argument("--search", choices=("random", "optuna"), default="random", help="search algorithm (default: random)")
-    g.add_argument("--max_concurrent_trials", type=int, default=0, help="trials running at once; 0: as many as resources allow")
-    g.add_argument("--metric", default="", help="metric to optimize (default: the workload's eval metric)")
-    g.add_argument("--mode", choices=("max", "min"), default="", help="max or min (default: the workload's)")
-    g.add_argument("--time_budget_s", type=float, default=0.0, help="stop the sweep after this many seconds; 0: no limit")
-    g.add_argument("--grace_period", type=int, default=1, help="ASHA: eval reports a trial always gets (default: 1)")
-    g.add_argument("--evals_per_trial", type=int, default=4,
-                   help="eval reports per trial when --steps_per_external_eval is not given (default: 4)")
-    g.add_argument("--storage_path", default="runs/sweeps", help="where experiments go (default: runs/sweeps)")
-    g.add_argument("--name", default="", help="experiment name (default: <workload>-<time>); --resume needs it")
-    g.add_argument("--resume", action="store_true", help="continue the interrupted experiment storage_path/name")
-    g.add_argument("--cpus_per_trial", type=float, default=1.0,
-                   help="CPUs per trial, for its learner or workers; RL env runners add --num_cpus_per_env_runner each (default: 1)")
-    g.add_argument("--gpus_per_trial", type=float, default=0.0, help="GPUs per trial, fractions allowed (default: 0)")
-    g.add_argument("--workers_per_trial", type=int, default=1,
-                   help="Ray Train workers per trial (NMT, DCGAN); they share --cpus_per_trial and --gpus_per_trial (default: 1)")
-    g.add_argument("--export_best", action="store_true", help="export the best trial to --model_base_path")
-    g.add_argument("--search_space", default="", help="JSON/YAML file of field -> spec overriding the default space")
+    """JSON/YAML file of field -> spec overriding the workload's default space."""
+    seed: int = dataclasses.field(default=0, metadata={"flag": False})
 
 
 def parse(workload: str, argv: list[str] | None = None) -> tuple[SweepConfig, Any, dict[str, Any]]:
     """(sweep settings, base workload Config, the workload flags given explicitly)."""
-    from tfcluster import workloads
+    from tfcluster import runs, workloads
 
     wl = workloads.get(workload)
-    parser = argparse.ArgumentParser(prog=f"sweep_{workload}.py", allow_abbrev=False,
-                                     description=f"Ray Tune sweep over {workload} hyperparameters")
-    add_sweep_flags(parser)
-    config_mod.add_config_flags(parser, wl.config)
+    parser = runs.parser(wl, prog=f"sweep_{workload}.py", description=f"Ray Tune sweep over {workload} hyperparameters", allow_abbrev=False)
+    config_mod.add_config_flags(parser, SweepConfig, title="sweep settings", hparams=False)
     ns = parser.parse_args(argv)
-    trials_of(wl).preset(ns)
-    sweep_names = {f.name for f in dataclasses.fields(SweepConfig)} - {"workload", "seed"}
-    sc = SweepConfig(workload=workload, **{k: v for k, v in vars(ns).items() if k in sweep_names},
-                     seed=getattr(ns, "seed", 0))
-    cfg, explicit = config_mod.config_from_args(wl.config, ns, resume=False)
+    sweep_names = {f.name for f in dataclasses.fields(SweepConfig) if f.metadata.get("flag", True)}
+    sc = config_mod.build(SweepConfig, {"workload": workload, "seed": getattr(ns, "seed", 0),
+                                        **{k: v for k, v in vars(ns).items() if k in sweep_names}}, "sweep flags")
+    cfg, explicit = runs.resolve(wl, ns, resume=False)
     return sc, cfg, explicit
 
 
@@ -121,9 +110,9 @@ def _limit_threads(cpus: float) -> None:
 
 def _restore_into(checkpoint, out_dir: str) -> None:
     """Make a Tune checkpoint (resume, or PBT's exploit) the trial's out_dir/ckpt."""
-    from tfcluster.train.loop import CKPT_DIR
+    from tfcluster import runs
 
-    dest = os.path.join(out_dir, CKPT_DIR)
+    dest = runs.folder(out_dir, "last")
     with checkpoint.as_directory() as src:
         if os.path.exists(dest):
             shutil.rmtree(dest)
@@ -236,7 +225,7 @@ def rl_trainable(algo_cls: type, base: dict[str, Any], metric: str, mode: str, c
     """The workload's Algorithm as a trial: the base settings with the sampled ones, its out_dir
     in the trial folder with config.json and the best checkpoint by the sweep's metric in
     out_dir/best (what --export_best exports)."""
-    from tfcluster.rl.algorithm import BEST_DIR
+    from tfcluster import runs
 
     class Trial(algo_cls):
         def setup(self, config: dict) -> None:
@@ -253,10 +242,9 @@ def rl_trainable(algo_cls: type, base: dict[str, Any], metric: str, mode: str, c
             result["step"] = self.env_steps
             result[FINISHED] = bool(result.get("done"))
             value = result.get(metric)
-            if isinstance(value, (int, float)) and value == value and (
-                    self.sweep_best is None or (value > self.sweep_best if mode == "max" else value < self.sweep_best)):
+            if isinstance(value, (int, float)) and runs.is_better(float(value), self.sweep_best, mode):
                 self.sweep_best = float(value)
-                best_dir = os.path.join(self.cfg.out_dir, BEST_DIR)
+                best_dir = runs.folder(self.cfg.out_dir, "best")
                 os.makedirs(best_dir, exist_ok=True)
                 self.save_checkpoint(best_dir)
             return result
@@ -431,24 +419,23 @@ def _check(sc: SweepConfig, cfg: Any, wl) -> None:
 
 
 def _check_cluster(sc: SweepConfig, cfg: Any) -> int:
-    """One line when no trial can ever fit; returns how many trials fit at once (CPU-wise)."""
+    """One line when no trial can ever fit (after waiting, when the cluster can grow); returns how many
+    trials fit at once (CPU-wise)."""
     import ray
 
-    res = ray.cluster_resources()
+    from tfcluster import runs
+
     need = sc.cpus_per_trial + getattr(cfg, "num_env_runners", 0) * getattr(cfg, "num_cpus_per_env_runner", 0)
-    if res.get("CPU", 0) < need:
-        raise UserError(f"a trial needs {need:g} CPUs (--cpus_per_trial, env runners), "
-                        f"the Ray cluster has {res.get('CPU', 0):g}; lower --cpus_per_trial")
-    if sc.gpus_per_trial and res.get("GPU", 0) < sc.gpus_per_trial:
-        raise UserError(f"--gpus_per_trial {sc.gpus_per_trial:g} needs GPUs, the Ray cluster has {res.get('GPU', 0):g}")
-    return max(1, int(res.get("CPU", 0) // need))
+    runs.require([runs.Need("CPU", need, "a trial (--cpus_per_trial, env runners)", "lower --cpus_per_trial"),
+                  runs.Need("GPU", sc.gpus_per_trial, f"--gpus_per_trial {sc.gpus_per_trial:g}", "lower it or add GPU nodes")],
+                 cfg.wait_for_resources)
+    return max(1, int(ray.cluster_resources().get("CPU", 0) // need))
 
 
 def run(sc: SweepConfig, cfg: Any, explicit: dict[str, Any]) -> dict[str, Any]:
     """Run (or resume) the sweep; returns {"best": row, "export_path": ..., "experiment": dir}."""
     from ray import tune
-    from tfcluster import workloads
-    from tfcluster.train.driver import init_ray
+    from tfcluster import runs, workloads
 
     wl = workloads.get(sc.workload)
     _check(sc, cfg, wl)
@@ -478,7 +465,7 @@ def run(sc: SweepConfig, cfg: Any, explicit: dict[str, Any]) -> dict[str, Any]:
           flush=True)
     print("# search space\n" + "\n".join(f"  {k}: {json.dumps(v)}" for k, v in sorted(space.items())), flush=True)
 
-    init_ray(cfg.address)
+    runs.init_ray(cfg.address)
     fits = _check_cluster(sc, cfg)
     max_concurrent = sc.max_concurrent_trials or None
     fn, max_concurrent, checkpoints = trials.trainable(sc, base, metric, mode, shared, fits, max_concurrent)
@@ -509,9 +496,7 @@ def run(sc: SweepConfig, cfg: Any, explicit: dict[str, Any]) -> dict[str, Any]:
             raise UserError("no trial reported the metric; nothing to export")
         best_cfg = config_mod.load(wl.config, best["out_dir"])
         best_cfg = dataclasses.replace(best_cfg, model_base_path=cfg.model_base_path)
-        path = wl.export(best_cfg, "best")
-        print(f"# exported {path}", flush=True)
-        out["export_path"] = path
+        out["export_path"] = runs.export(wl, best_cfg, "best")
     return out
 
 
@@ -521,9 +506,6 @@ class LoopTrials:
 
     def __init__(self, wl):
         self.wl = wl
-
-    def preset(self, ns) -> None:
-        """The preset comes from --hparams_path alone."""
 
     def check(self, sc: SweepConfig) -> None:
         """Any --workers_per_trial is fine."""
@@ -568,12 +550,6 @@ class AlgorithmTrials:
 
     def __init__(self, wl):
         self.wl = wl
-
-    def preset(self, ns) -> None:
-        """The env's preset (CartPole or Atari values), as train_<workload>.py picks it."""
-        from tfcluster.rl.algorithm import choose_preset
-
-        choose_preset(ns, self.wl.config, self.wl.name)
 
     def check(self, sc: SweepConfig) -> None:
         if sc.workers_per_trial > 1:

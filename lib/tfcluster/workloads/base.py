@@ -8,9 +8,10 @@ Each workload module ends with `WORKLOAD = Workload(...)` naming:
   class (a `ray.tune.Trainable`, env runners as Ray actors);
 * `export(cfg, which)`: writes the best/last checkpoint as the next SavedModel version;
 * `serving`: its serving contract (`tfcluster.contract.ModelSpec`);
-* optional `prepare(cfg) -> cfg` (driver-side, once: vocabularies, image indexes) and
+* optional `prepare(cfg) -> cfg` (driver-side, once: vocabularies, image indexes),
   `offline(cfg) -> bool` (inference/visualize/evaluate-only modes: True when it handled
-  the command and nothing is to be trained);
+  the command and nothing is to be trained) and `preset(ns)` (a preset chosen by the
+  flags, as RL's by --env);
 * `metric`, `mode`: what "better" means for best checkpoints and sweeps;
 * `search_space(base) -> {field: spec}` for Ray Tune, and `planned_steps(cfg)`, the
   training steps a config plans (how often a sweep trial reports).
@@ -33,6 +34,10 @@ def _identity(cfg: Any) -> Any:
 
 def _never(cfg: Any) -> bool:
     return False
+
+
+def _no_preset(ns: Any) -> None:
+    return None
 
 
 def _no_space(base: dict[str, Any]) -> dict[str, Any]:
@@ -61,6 +66,8 @@ class Workload:
     """RL workloads: the algorithm class (`tfcluster.rl.algorithm.Algorithm`, a Tune Trainable)."""
     prepare: Callable[[Any], Any] = _identity
     offline: Callable[[Any], bool] = _never
+    preset: Callable[[Any], None] = _no_preset
+    """`preset(ns)`: pick a preset (set ns.hparams_path) when none was given, e.g. by --env (RL)."""
     search_space: Callable[[dict[str, Any]], dict[str, Any]] = _no_space
     planned_steps: Callable[[Any], int] = _num_train_steps
     description: str = ""
@@ -79,11 +86,19 @@ class Workload:
         return "algorithm" if self.is_rl else "loop"
 
     def main(self, argv: list[str] | None = None) -> int:
-        """What `jobs/train_<name>.py` and `tfcluster train <name>` run."""
+        """What `jobs/train_<name>.py` and `tfcluster train <name>` run: flags -> Config, then the
+        offline mode (inference, visualize, evaluate-only) or training, then the export."""
+        from tfcluster import runs
+
+        cfg = runs.parse(self, argv)
+        if self.offline(cfg):
+            return 0
         if self.is_rl:
-            from tfcluster.rl.algorithm import train_main
+            from tfcluster.rl import algorithm
 
-            return train_main(self.algorithm, self.name, self.export, argv, self.description)
-        from tfcluster.train import driver
+            algorithm.run(self, cfg)
+        else:
+            from tfcluster.train import driver
 
-        return driver.main(self.name, argv)
+            driver.run(self, cfg)
+        return 0

@@ -31,7 +31,8 @@ import numpy as np
 
 from tfcluster import contract
 from tfcluster.errors import UserError
-from tfcluster.rl.algorithm import Algorithm, AlgorithmConfig, RLConfig, policy_weights_from
+from tfcluster.rl.algorithm import (Algorithm, AlgorithmConfig, RLConfig, env_preset, evaluate_offline,
+                                    policy_weights_from)
 from tfcluster.tune import spaces
 from tfcluster.workloads.base import Workload
 
@@ -468,6 +469,7 @@ def export_checkpoint(cfg: Config, which: str = "best") -> str:
 
 WORKLOAD = Workload(
     name="dqn", config=Config, serving=contract.DQN, algorithm=DQN, export=export_checkpoint,
+    preset=env_preset("dqn", Config), offline=evaluate_offline(DQN),
     metric=spaces.RL_METRIC[0], mode=spaces.RL_METRIC[1], search_space=spaces.dqn_space,
     description=__doc__.splitlines()[0],
 )

@@ -1,18 +1,30 @@
-"""The NMT model: tensorflow/nmt's LSTM seq2seq with attention as Keras layers.
+"""NMT's model part: tensorflow/nmt's LSTM seq2seq with attention as Keras layers, its decoding,
+the training task for the shared loop, and the export.
 
-TensorFlow is imported at the top here; `tfcluster.workloads.nmt` (flags, data, the training
-task, decoding, export) imports this module only when it builds a model, so importing the
+Read top to bottom: layers (LSTM, Attention) -> Seq2Seq (encode, decode_step, and the
+decoders `greedy_decode`, `beam_decode`, `translate`) -> learning rate -> build ->
+Task (train step, evaluation) -> restore, serving module, export, inference.
+
+TensorFlow is imported at the top here; `tfcluster.workloads.nmt` (flags, vocabularies, the
+contract) imports this module only when it trains, exports or translates, so importing the
 workload (for `--help`, presets or a sweep driver) stays free of TensorFlow.
 """
 
 from __future__ import annotations
 
 import math
+import time
+from typing import Any
 
 import keras
 import tensorflow as tf
 
-from tfcluster.workloads.nmt import Config
+from tfcluster import config as config_mod
+from tfcluster import contract
+from tfcluster.data import text
+from tfcluster.errors import UserError
+from tfcluster.train.loop import TaskBase
+from tfcluster.workloads.nmt import Config, sample_sentences, vocab_sizes
 
 
 class LSTM(keras.layers.Layer):
@@ -217,5 +229,405 @@ class Seq2Seq(keras.layers.Layer):
             out = tf.transpose(outs, [1, 0, 2])
         return self.proj(out)
 
+    def greedy_decode(self, src, src_len, max_len):
+        """Token ids [B, T] (EOS-terminated or cut at max_len) and summed log-probabilities [B]."""
+        memory, enc_states, mask = self.encode(src, src_len)
+        b = tf.shape(src)[0]
+        dec, attn = self.initial_state(enc_states, b)
+        keys = self.attn.keys(memory) if self.attn is not None else None
+        tok = tf.fill([b], text.SOS_ID)
+        ta = tf.TensorArray(tf.int32, size=0, dynamic_size=True)
+        finished = tf.zeros([b], tf.bool)
+        score = tf.zeros([b])
+
+        def body(t, tok, finished, score, dec, attn, ta):
+            out, dec = self.decode_step(self.tgt_emb(tok), dec, attn, keys, memory, mask)
+            logp = tf.nn.log_softmax(self.proj(out))
+            nxt = tf.argmax(logp, axis=-1, output_type=tf.int32)
+            nxt = tf.where(finished, text.EOS_ID, nxt)
+            score += tf.where(finished, 0.0, tf.gather(logp, nxt, batch_dims=1))
+            finished = tf.logical_or(finished, tf.equal(nxt, text.EOS_ID))
+            return t + 1, nxt, finished, score, dec, out, ta.write(t, nxt)
+
+        _, _, _, score, _, _, ta = tf.while_loop(
+            lambda t, tok, fin, *rest: tf.logical_and(t < max_len, tf.logical_not(tf.reduce_all(fin))),
+            body, (0, tok, finished, score, dec, attn, ta),
+        )
+        ids = tf.cond(ta.size() > 0, lambda: tf.transpose(ta.stack(), [1, 0]), lambda: tf.zeros([b, 0], tf.int32))
+        return ids, score
+
+    def beam_decode(self, src, src_len, max_len, beam_width: int, alpha: float):
+        """Beam search (tensorflow/nmt's BeamSearchDecoder behaviour, GNMT length penalty)."""
+        k = beam_width
+        memory, enc_states, mask = self.encode(src, src_len)
+        b = tf.shape(src)[0]
+
+        def tile(x):
+            return tf.repeat(x, k, axis=0)
+
+        memory, mask = tile(memory), tile(mask)
+        dec, attn = self.initial_state([(tile(h), tile(c)) for h, c in enc_states], b * k)
+        keys = self.attn.keys(memory) if self.attn is not None else None
+        v = self.tgt_vocab_size
+        log_probs = tf.tile(tf.concat([[0.0], tf.fill([k - 1], -float("inf"))], 0)[None, :], [b, 1])
+        finished = tf.zeros([b, k], tf.bool)
+        lengths = tf.zeros([b, k], tf.int32)
+        seqs = tf.zeros([b, k, 0], tf.int32)
+        tok = tf.fill([b * k], text.SOS_ID)
+        eos_row = tf.one_hot(text.EOS_ID, v, on_value=0.0, off_value=-float("inf"))
+        batch_offsets = (tf.range(b) * k)[:, None]
+
+        def body(t, tok, log_probs, finished, lengths, seqs, dec, attn):
+            out, dec = self.decode_step(self.tgt_emb(tok), dec, attn, keys, memory, mask)
+            lp = tf.reshape(tf.nn.log_softmax(self.proj(out)), [b, k, v])
+            lp = tf.where(finished[:, :, None], eos_row[None, None, :], lp)
+            total = log_probs[:, :, None] + lp
+            new_len = lengths + tf.cast(tf.logical_not(finished), tf.int32)
+            scores = total / length_penalty(new_len, alpha)[:, :, None]
+            _, idx = tf.math.top_k(tf.reshape(scores, [b, k * v]), k)
+            beam, nxt = idx // v, idx % v
+            log_probs = tf.gather(tf.reshape(total, [b, k * v]), idx, batch_dims=1)
+            lengths = tf.gather(new_len, beam, batch_dims=1)
+            was_finished = tf.gather(finished, beam, batch_dims=1)
+            finished = tf.logical_or(was_finished, tf.equal(nxt, text.EOS_ID))
+            seqs = tf.concat([tf.gather(seqs, beam, batch_dims=1), nxt[:, :, None]], axis=2)
+            flat = tf.reshape(beam + batch_offsets, [-1])
+            dec = [(tf.gather(h, flat), tf.gather(c, flat)) for h, c in dec]
+            attn = tf.gather(out, flat)
+            return t + 1, tf.reshape(nxt, [-1]), log_probs, finished, lengths, seqs, dec, attn
+
+        _, _, log_probs, finished, lengths, seqs, _, _ = tf.while_loop(
+            lambda t, tok, lp, fin, *rest: tf.logical_and(t < max_len, tf.logical_not(tf.reduce_all(fin))),
+            body,
+            (0, tok, log_probs, finished, lengths, seqs, dec, attn),
+            shape_invariants=(
+                tf.TensorShape([]), tf.TensorShape([None]), tf.TensorShape([None, k]), tf.TensorShape([None, k]),
+                tf.TensorShape([None, k]), tf.TensorShape([None, k, None]),
+                [(tf.TensorShape([None, self.cfg.num_units]),) * 2 for _ in dec], tf.TensorShape([None, self.cfg.num_units]),
+            ),
+        )
+        # top_k keeps beams sorted by (length-normalized) score: beam 0 is the best.
+        return seqs[:, 0, :], log_probs[:, 0]
+
+    def translate(self, src, src_len, cfg: Config | None = None):
+        """Token ids [B, T] and scores [B] by the decoder `cfg` (default: the model's) asks for: beam
+        search with --beam_width > 1 and --length_penalty_weight, else greedy; --tgt_max_len_infer."""
+        cfg = cfg or self.cfg
+        max_len = max_decode_len(cfg, src_len)
+        if cfg.beam_width > 1:
+            return self.beam_decode(src, src_len, max_len, cfg.beam_width, cfg.length_penalty_weight)
+        return self.greedy_decode(src, src_len, max_len)
+
     def get_config(self):
         return {**super().get_config(), "src_vocab_size": self.src_vocab_size, "tgt_vocab_size": self.tgt_vocab_size, "cfg_json": self.cfg_json}
+
+
+# ============================================================================ learning rate
+
+
+def learning_rate_at(step, base_lr: float, num_train_steps: int, warmup_steps: int = 0, decay_scheme: str = ""):
+    """tensorflow/nmt's schedule: t2t warm-up (exp), then luong5/luong10/luong234 halving."""
+    step = tf.cast(step, tf.float32)
+    lr = tf.constant(base_lr, tf.float32)
+    if warmup_steps > 0:
+        factor = math.exp(math.log(0.01) / warmup_steps)
+        lr = tf.where(step < warmup_steps, lr * tf.pow(factor, warmup_steps - step), lr)
+    if decay_scheme:
+        if decay_scheme == "luong234":
+            start, times = int(num_train_steps * 2 / 3), 4
+        else:
+            start, times = num_train_steps // 2, (5 if decay_scheme == "luong5" else 10)
+        decay_steps = max(1, (num_train_steps - start) // times)
+        n = tf.floor(tf.maximum(step - start, 0.0) / decay_steps)
+        lr = tf.where(step < start, lr, lr * tf.pow(0.5, n))
+    return lr
+
+
+def make_schedule(cfg: Config):
+    class NMTSchedule(keras.optimizers.schedules.LearningRateSchedule):
+        def __call__(self, step):
+            return learning_rate_at(step, cfg.learning_rate, cfg.num_train_steps, cfg.warmup_steps, cfg.decay_scheme)
+
+        def get_config(self):
+            return {}
+
+    return NMTSchedule()
+
+
+# ============================================================================ model
+
+
+def weights(model) -> dict:
+    """The model's variables by path, for checkpoints.
+
+    Keras 3 layers held in Python lists are not children in TensorFlow's object graph, so
+    checkpointing the layer itself would silently skip the LSTMs; naming every variable
+    keeps checkpoints complete and readable (`encoder_0.kernel`, ...).
+    """
+    return {v.path.split("/", 1)[-1].replace("/", "."): v for v in model.weights}
+
+
+def build(cfg: Config):
+    """The Seq2Seq model (built) and its optimizer."""
+    vs, vt = vocab_sizes(cfg)
+    model = Seq2Seq(vs, vt, config_mod.to_dict(cfg), name="nmt")
+    ids = tf.ones([2, 3], tf.int32)
+    model(ids, tf.constant([3, 2]), ids)
+    sched = make_schedule(cfg)
+    opt = keras.optimizers.SGD(sched) if cfg.optimizer == "sgd" else keras.optimizers.Adam(sched)
+    opt.build(model.trainable_variables)
+    return model, opt
+
+
+# ============================================================================ decoding
+
+
+def max_decode_len(cfg: Config, src_len):
+    if cfg.tgt_max_len_infer:
+        return tf.constant(cfg.tgt_max_len_infer, tf.int32)
+    return tf.cast(tf.round(tf.cast(tf.reduce_max(src_len), tf.float32) * 2.0), tf.int32) + 1
+
+
+def length_penalty(lengths, alpha: float):
+    """GNMT length penalty ((5 + len) / 6) ** alpha (tensorflow/nmt's length_penalty_weight)."""
+    if not alpha:
+        return tf.ones_like(tf.cast(lengths, tf.float32))
+    return tf.pow((5.0 + tf.cast(lengths, tf.float32)) / 6.0, alpha)
+
+
+def ids_to_tokens(ids, vocab):
+    """Ids [B, T] -> RaggedTensor of tokens, cut at the first </s>."""
+    is_eos = tf.equal(ids, text.EOS_ID)
+    t = tf.shape(ids)[1]
+    first = tf.where(tf.reduce_any(is_eos, axis=1), tf.argmax(tf.cast(is_eos, tf.int32), axis=1, output_type=tf.int32), t)
+    ragged = tf.RaggedTensor.from_tensor(ids, lengths=first)
+    return tf.gather(vocab, ragged)
+
+
+# ============================================================================ task (train step + evaluate)
+
+
+class Task(TaskBase):
+    """NMT for the shared loop: data shard, train step, BLEU/perplexity evaluation."""
+
+    def __init__(self, cfg: Config, strategy, ctx):
+        self.cfg, self.strategy, self.ctx = cfg, strategy, ctx
+        self.num_steps = cfg.num_train_steps
+        self.best_metric = ("eval/bleu", "max") if cfg.dev_prefix else None
+        self.model, self.optimizer = build(cfg)
+        self.src_vocab_file, self.tgt_vocab_file = cfg.vocab_files
+        self.src_table = text.lookup_table(self.src_vocab_file)
+        self.tgt_table = text.lookup_table(self.tgt_vocab_file)
+        self.tgt_vocab = tf.constant(text.load_vocab(self.tgt_vocab_file))
+        self._refs: dict[str, list[list[str]]] = {}
+        self._translate = None
+        self._dev_loss = None
+
+    def trackables(self):
+        return {"model": weights(self.model), "optimizer": self.optimizer}
+
+    def dataset(self, input_context):
+        cfg = self.cfg
+        return text.train_dataset(
+            text.resolve(cfg.train_prefix, cfg.src), text.resolve(cfg.train_prefix, cfg.tgt),
+            self.src_table, self.tgt_table,
+            batch_size=input_context.get_per_replica_batch_size(cfg.batch_size) if input_context else cfg.batch_size,
+            tokenizer=cfg.tokenize, src_max_len=cfg.src_max_len, tgt_max_len=cfg.tgt_max_len,
+            num_buckets=cfg.num_buckets,
+            num_shards=input_context.num_input_pipelines if input_context else 1,
+            shard_index=input_context.input_pipeline_id if input_context else 0,
+            seed=cfg.seed,
+        )
+
+    def replica_step(self, batch):
+        src, src_len, tgt_in, tgt_out, tgt_len = batch
+        with tf.GradientTape() as tape:
+            logits = self.model(src, src_len, tgt_in, training=True)
+            loss_sum = masked_loss_sum(logits, tgt_out, tgt_len)
+            loss = loss_sum / self.cfg.batch_size  # global batch (tensorflow/nmt divides by batch_size)
+        variables = self.model.trainable_variables
+        grads = [tf.convert_to_tensor(g) for g in tape.gradient(loss, variables)]
+        world = self.strategy.num_replicas_in_sync
+        if world > 1:  # clip the global gradient, as one process would
+            grads = tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, grads)
+        grads, norm = tf.clip_by_global_norm(grads, self.cfg.max_gradient_norm)
+        if world > 1:  # the optimizer sums replicas' gradients again
+            grads = [g / world for g in grads]
+        self.optimizer.apply_gradients(zip(grads, variables))
+        return {
+            "loss_sum": loss_sum,
+            "predict_count": tf.cast(tf.reduce_sum(tgt_len), tf.float32),
+            "src_count": tf.cast(tf.reduce_sum(src_len), tf.float32),
+            "sentences": tf.cast(tf.shape(src)[0], tf.float32),
+            "grad_norm": norm / world,
+        }
+
+    def stats(self, sums, steps, seconds):
+        lr = float(keras.ops.convert_to_numpy(self.optimizer.learning_rate))
+        return {
+            "train/loss": sums["loss_sum"] / max(sums["sentences"], 1.0),
+            "train/ppl": math.exp(min(sums["loss_sum"] / max(sums["predict_count"], 1.0), 100.0)),
+            "train/lr": lr,
+            "train/grad_norm": sums["grad_norm"] / steps,
+            "perf/tgt_tokens_per_s": sums["predict_count"] / seconds,
+            "perf/src_tokens_per_s": sums["src_count"] / seconds,
+            "perf/step_time_s": seconds / steps,
+        }
+
+    # -- evaluation (chief only)
+    def _functions(self):
+        if self._translate is None:
+            model = self.model
+
+            @tf.function(input_signature=[tf.TensorSpec([None, None], tf.int32), tf.TensorSpec([None], tf.int32)])
+            def translate(src, src_len):
+                return model.translate(src, src_len)
+
+            ids, lengths = tf.TensorSpec([None, None], tf.int32), tf.TensorSpec([None], tf.int32)
+
+            @tf.function(input_signature=[ids, lengths, ids, ids, lengths])
+            def dev_loss(src, src_len, tgt_in, tgt_out, tgt_len):
+                return masked_loss_sum(model(src, src_len, tgt_in), tgt_out, tgt_len), tf.reduce_sum(tgt_len)
+
+            self._translate, self._dev_loss = translate, dev_loss
+        return self._translate, self._dev_loss
+
+    def references(self, prefix: str) -> list[list[str]]:
+        if prefix not in self._refs:
+            refs = []
+            src_lines = text.read_lines(text.resolve(prefix, self.cfg.src))
+            for s, toks in zip(src_lines, text.tokenize_py(text.read_lines(text.resolve(prefix, self.cfg.tgt)), self.cfg.tokenize)):
+                if s.strip() and toks:
+                    refs.append(toks)
+            self._refs[prefix] = refs
+        return self._refs[prefix]
+
+    def evaluate_prefix(self, prefix: str) -> dict[str, Any]:
+        from tfcluster.bleu import corpus_bleu
+
+        cfg = self.cfg
+        translate, dev_loss = self._functions()
+        ds = text.eval_dataset(
+            text.resolve(prefix, cfg.src), text.resolve(prefix, cfg.tgt), self.src_table, self.tgt_table,
+            batch_size=cfg.infer_batch_size, tokenizer=cfg.tokenize,
+        )
+        hyps, loss, count = [], 0.0, 0
+        for src, src_len, tgt_in, tgt_out, tgt_len in ds:
+            ids, _ = translate(src, src_len)
+            hyps += [[t.decode("utf-8") for t in row] for row in ids_to_tokens(ids, self.tgt_vocab).to_list()]
+            l, c = dev_loss(src, src_len, tgt_in, tgt_out, tgt_len)
+            loss, count = loss + float(l), count + int(c)
+        refs = self.references(prefix)
+        return {
+            "bleu": corpus_bleu([[r] for r in refs], hyps)["bleu"],
+            "ppl": math.exp(min(loss / max(count, 1), 100.0)),
+            "sample": (refs[0], hyps[0]) if hyps else None,
+        }
+
+    def evaluate(self, step: int) -> dict[str, float]:
+        out: dict[str, float] = {}
+        t0 = time.perf_counter()
+        if self.cfg.dev_prefix:
+            dev = self.evaluate_prefix(self.cfg.dev_prefix)
+            out["eval/bleu"], out["eval/ppl"] = dev["bleu"], dev["ppl"]
+            if dev["sample"]:
+                ref, hyp = dev["sample"]
+                print(f"    ref: {' '.join(ref)}\n    nmt: {' '.join(hyp)}", flush=True)
+        if self.cfg.test_prefix:
+            test = self.evaluate_prefix(self.cfg.test_prefix)
+            out["eval/test_bleu"], out["eval/test_ppl"] = test["bleu"], test["ppl"]
+        if out:
+            out["perf/eval_s"] = time.perf_counter() - t0
+        return out
+
+
+def masked_loss_sum(logits, labels, lengths):
+    """Sum of token cross-entropies over the real (unpadded) target positions."""
+    ce = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)
+    mask = tf.sequence_mask(lengths, tf.shape(labels)[1], dtype=ce.dtype)
+    return tf.reduce_sum(ce * mask)
+
+
+# ============================================================================ export and inference
+
+
+def restore(cfg: Config, which: str = "best"):
+    """A model (outside any distribution strategy) restored from out_dir's best or last checkpoint."""
+    from tfcluster.train.loop import restore_run
+
+    model, _ = build(cfg)
+    return model, restore_run(cfg.out_dir, which, model=weights(model))
+
+
+def serving_module(model, cfg: Config):
+    """A tf.Module whose `serve(source)` does tokenize -> lookup -> encode -> decode -> detokenize."""
+    from tfcluster import export as export_mod
+
+    class Translator(tf.Module):
+        def __init__(self):
+            super().__init__(name="translator")
+            # The model is not an attribute: save_version tracks the variables `serve` reads.
+            self.src_table = text.lookup_table(cfg.vocab_files[0])
+            self.tgt_vocab = tf.Variable(text.load_vocab(cfg.vocab_files[1]), trainable=False, name="tgt_vocab")
+
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=contract.NMT.inputs[0].key)])
+        def serve(self, source):
+            source = export_mod.require_shape(source, [], f"{contract.NMT.inputs[0].key} must be a batch of sentences: string [batch]")
+            toks = text.tokenize(source, cfg.tokenize)
+            ids = tf.cast(self.src_table.lookup(toks), tf.int32)
+            src_len = tf.cast(ids.row_lengths(), tf.int32)
+            src = ids.to_tensor(default_value=text.EOS_ID)
+            # An empty sentence becomes one </s> so the encoder has a step to read.
+            src_len = tf.maximum(src_len, 1)
+            src = tf.cond(tf.shape(src)[1] > 0, lambda: src, lambda: tf.fill([tf.shape(src)[0], 1], text.EOS_ID))
+            out_ids, score = model.translate(src, src_len, cfg)
+            words = ids_to_tokens(out_ids, self.tgt_vocab)
+            return {
+                contract.NMT.outputs[0].key: tf.strings.reduce_join(words, axis=-1, separator=" "),
+                contract.NMT.outputs[1].key: score,
+            }
+
+    return Translator()
+
+
+def export_checkpoint(cfg: Config, which: str = "best", model_base_path: str | None = None) -> str:
+    """Export the best (or last) checkpoint to `<model_base_path>/nmt/<version>/`."""
+    from tfcluster import export
+
+    base = model_base_path or cfg.model_base_path
+    if not base:
+        raise UserError("--model_base_path is required to export")
+    model, _ = restore(cfg, which)
+    module = serving_module(model, cfg)
+    sample = sample_sentences(cfg)
+    return export.save_version(
+        module, {contract.DEFAULT_SIGNATURE: module.serve}, base, contract.NMT,
+        warmup=[{contract.NMT.inputs[0].key: sample[:1]}, {contract.NMT.inputs[0].key: sample}],
+    )
+
+
+def translate_file(cfg: Config, which: str = "best") -> list[str]:
+    """--inference_input_file: translate with the trained model (tensorflow/nmt's inference mode)."""
+    from tfcluster.errors import require_file
+
+    require_file(cfg.inference_input_file, "inference input file")
+    model, path = restore(cfg, which)
+    module = serving_module(model, cfg)
+    lines = list(text.read_lines(cfg.inference_input_file))
+    out: list[str] = []
+    for i in range(0, len(lines), cfg.infer_batch_size):
+        res = module.serve(tf.constant(lines[i : i + cfg.infer_batch_size]))
+        out += [s.decode("utf-8") for s in res[contract.NMT.outputs[0].key].numpy()]
+    if cfg.inference_output_file:
+        with tf.io.gfile.GFile(cfg.inference_output_file, "w") as f:
+            f.write("\n".join(out) + "\n")
+        print(f"# translated {len(lines)} lines with {path} -> {cfg.inference_output_file}")
+    else:
+        print("\n".join(out))
+    if cfg.inference_ref_file:
+        from tfcluster.bleu import corpus_bleu
+
+        refs = list(text.tokenize_py(text.read_lines(require_file(cfg.inference_ref_file, "reference file")), cfg.tokenize))
+        bleu = corpus_bleu([[r] for r in refs], [h.split() for h in out])["bleu"]
+        print(f"# bleu {bleu:.2f}")
+    return out

@@ -25,7 +25,8 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 import numpy as np
 
 from tfcluster import contract
-from tfcluster.rl.algorithm import Algorithm, AlgorithmConfig, RLConfig, policy_weights_from
+from tfcluster.rl.algorithm import (Algorithm, AlgorithmConfig, RLConfig, env_preset, evaluate_offline,
+                                    policy_weights_from)
 from tfcluster.tune import spaces
 from tfcluster.workloads.base import Workload
 
@@ -306,6 +307,7 @@ def export_checkpoint(cfg: Config, which: str = "best") -> str:
 
 WORKLOAD = Workload(
     name="pg", config=Config, serving=contract.PG, algorithm=PG, export=export_checkpoint,
+    preset=env_preset("pg", Config), offline=evaluate_offline(PG),
     metric=spaces.RL_METRIC[0], mode=spaces.RL_METRIC[1], search_space=spaces.pg_space,
     description=__doc__.splitlines()[0],
 )

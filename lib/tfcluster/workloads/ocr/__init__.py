@@ -32,7 +32,7 @@ from typing import Any, Literal
 import numpy as np
 
 from tfcluster import contract
-from tfcluster.config import RunConfig
+from tfcluster.config import LoopConfig
 from tfcluster.workloads.base import Workload
 
 HEIGHT, WIDTH = 32, 256
@@ -49,7 +49,7 @@ PNG_INPUT = "image_bytes"  # a `_bytes` key: REST clients send {"b64": ...}
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class Config(RunConfig):
+class Config(LoopConfig):
     """OCR settings; the shapes are the seed's (32x256 grey lines, 64-unit LSTM)."""
 
     out_dir: str = "runs/ocr"

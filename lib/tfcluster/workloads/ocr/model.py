@@ -12,6 +12,7 @@ import tensorflow as tf
 
 from tfcluster import export as export_mod
 from tfcluster.errors import UserError
+from tfcluster.train.loop import TaskBase
 from tfcluster.workloads.ocr import (
     BLANK,
     DIGITS,
@@ -108,7 +109,7 @@ def scores(predicted: list[str], truth: list[str]) -> dict[str, float]:
             "eval/char_error_rate": errors / max(1, sum(len(t) for t in truth))}
 
 
-class Task:
+class Task(TaskBase):
     """What the shared loop trains (`tfcluster.train.loop.Task`); built inside `strategy.scope()`."""
 
     best_metric = ("eval/sequence_accuracy", "max")

@@ -1,0 +1,221 @@
+"""The run system every workload shares, data-parallel loop, RL algorithm and sweep trial alike.
+
+A run folder (`--out_dir`) holds:
+
+    config.json     the resolved settings; a rerun of the same command reads them back (resume)
+    metrics.jsonl   one record per stats/eval point (`tfcluster.metrics`)
+    ckpt/           the last checkpoints: what a rerun or a restarted worker resumes from
+    best/           the checkpoint with the best value of the workload's metric: what export reads
+
+This module owns those names and everything said about a run once: flag parsing (defaults <
+preset < saved config.json < flags), the "new run"/"resuming" banner, what "better" means
+for `best/`, the check that the Ray cluster can host the run (or the wait for an autoscaler
+to grow it) and the final export. `train/driver.py` + `train/loop.py` (the data-parallel
+loop), `rl/algorithm.py` (DQN, PG) and `tune/sweep.py` (trials) all call it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import os
+import time
+from typing import Any
+
+from tfcluster import config as config_mod
+from tfcluster import quiet
+from tfcluster.errors import UserError
+
+CKPT_DIR = "ckpt"
+BEST_DIR = "best"
+
+
+def folder(out_dir: str, which: str = "last") -> str:
+    """The run's `best/` or last-checkpoint (`ckpt/`) folder."""
+    return os.path.join(out_dir, BEST_DIR if which == "best" else CKPT_DIR)
+
+
+# ---------------------------------------------------------------------------- flags
+
+
+def parser(wl: Any, *, prog: str | None = None, description: str | None = None,
+           allow_abbrev: bool = True) -> argparse.ArgumentParser:
+    """An argument parser with one flag per field of the workload's Config (and --hparams_path)."""
+    p = argparse.ArgumentParser(prog=prog or f"train_{wl.name}.py", description=description or wl.description,
+                                allow_abbrev=allow_abbrev)
+    config_mod.add_config_flags(p, wl.config)
+    return p
+
+
+def resolve(wl: Any, ns: argparse.Namespace, *, resume: bool = True) -> tuple[Any, dict[str, Any]]:
+    """(Config, the flags given explicitly) from parsed flags: the workload picks its preset when
+    --hparams_path is not given (RL: by --env), then defaults < preset < saved config < flags."""
+    wl.preset(ns)
+    return config_mod.config_from_args(wl.config, ns, resume=resume)
+
+
+def parse(wl: Any, argv: list[str] | None = None) -> Any:
+    """The Config of `jobs/train_<w>.py argv`."""
+    cfg, _ = resolve(wl, parser(wl).parse_args(argv))
+    return cfg
+
+
+# ---------------------------------------------------------------------------- a run's life
+
+
+def start(name: str, cfg: Any, resumed: bool) -> None:
+    """Save config.json and say what this command does: a new run or a resumed one, with its settings."""
+    config_mod.save(cfg)
+    print(f"# {name}: {'resuming in' if resumed else 'new run in'} {cfg.out_dir}", flush=True)
+    print("# hyperparameters\n" + config_mod.table(cfg), flush=True)
+
+
+def is_better(value: float, best: float | None, mode: str) -> bool:
+    """Whether `value` beats `best` (None or NaN: nothing yet) for mode "max" or "min"; NaN never does."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return False
+    if best is None or (isinstance(best, float) and math.isnan(best)):
+        return True
+    return value > best if mode == "max" else value < best
+
+
+def export(wl: Any, cfg: Any, which: str = "best") -> str | None:
+    """Export the run's best (or last) checkpoint when --model_base_path is set; returns the version path."""
+    if not cfg.model_base_path:
+        return None
+    path = wl.export(cfg, which)
+    print(f"# exported {path}", flush=True)
+    return path
+
+
+# ---------------------------------------------------------------------------- the Ray cluster
+
+
+def _without_job_settings(runtime_env: dict) -> dict:
+    """`runtime_env` less what the submitted job's own runtime env already sets.
+
+    Inside a job (`ray job submit`, `tfcluster submit --env K=V`), Ray refuses a driver
+    runtime env that names a field or an environment variable the job's names too; the
+    job's values win, since its workers get them anyway.
+    """
+    import json
+
+    from ray.job_config import JobConfig
+
+    injected = os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR")  # what ray.init merges with (ray/_private/worker.py)
+    if not injected:
+        return runtime_env
+    job_env = dict(JobConfig.from_json(json.loads(injected)).runtime_env or {})
+    taken = set(job_env.get("env_vars") or {})
+    out = {k: v for k, v in runtime_env.items() if k == "env_vars" or k not in job_env}
+    out["env_vars"] = {k: v for k, v in runtime_env["env_vars"].items() if k not in taken}
+    return out
+
+
+def init_ray(address: str = "") -> None:
+    """Join `address` (or RAY_ADDRESS, e.g. inside `ray job submit`), else start a local Ray."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = address or os.environ.get("RAY_ADDRESS", "")
+    # The local driver and its workers must import tfcluster from this checkout.
+    lib = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    pythonpath = os.pathsep.join(p for p in (lib, os.environ.get("PYTHONPATH", "")) if p)
+    runtime_env = _without_job_settings({
+        "env_vars": {"PYTHONPATH": pythonpath, "KERAS_BACKEND": "tensorflow", **quiet.RAY_ENV},
+        "worker_process_setup_hook": quiet.SETUP_HOOK,
+    })
+    try:
+        if address:
+            ray.init(address=address, runtime_env=runtime_env, log_to_driver=True, logging_level="ERROR")
+        else:
+            # "local": a new Ray for this run, never a `ray start` cluster found on the machine.
+            ray.init(address="local", runtime_env=runtime_env, include_dashboard=False, logging_level="ERROR")
+    except ConnectionError as e:
+        raise UserError(f"cannot reach the Ray cluster at {address!r}: {e}") from None
+
+
+
+# ---------------------------------------------------------------------------- resources
+
+
+@dataclasses.dataclass(frozen=True)
+class Need:
+    """`amount` of a Ray resource ("CPU", "GPU") that `because` (the flags) asks for; `fix` says how to ask less."""
+
+    resource: str
+    amount: float
+    because: str
+    fix: str
+
+    def message(self, have: float) -> str:
+        unit = f"{self.resource}s" if self.amount != 1 else self.resource
+        return f"{self.because} needs {self.amount:g} {unit}, the Ray cluster has {have:g}; {self.fix}"
+
+
+AUTOSCALER_WAIT_S = 1800.0  # how long a run waits for an autoscaler when --wait_for_resources is not given
+WAIT_POLL_S = 2.0
+WAIT_REPORT_S = 30.0
+
+
+def _missing(needs: list[Need]) -> list[tuple[Need, float]]:
+    import ray
+
+    res = ray.cluster_resources()
+    return [(n, res.get(n.resource, 0.0)) for n in needs if n.amount > 0 and res.get(n.resource, 0.0) < n.amount]
+
+
+def autoscaler_configured() -> bool:
+    """Whether the cluster can grow: a Ray autoscaler with node types it may launch (KubeRay's
+    `enableInTreeAutoscaling`, `ray up`); a plain `ray start` cluster's read-only monitor does not count."""
+    import json
+
+    try:
+        from ray._private import ray_constants
+        from ray.experimental.internal_kv import _internal_kv_get, _internal_kv_initialized
+
+        if not _internal_kv_initialized():
+            return False
+        raw = _internal_kv_get(ray_constants.DEBUG_AUTOSCALING_STATUS)
+        if not raw:
+            return False
+        report = json.loads(raw).get("autoscaler_report") or {}
+    except Exception:  # noqa: BLE001 - no answer: treat as a fixed-size cluster
+        return False
+    # A read-only monitor reports only the nodes that exist; an autoscaler reports launches
+    # and, when idle, the node types it may add.
+    return bool(report.get("pending_launches") or report.get("pending_nodes")
+                or any(not str(t).startswith("node_") for t in (report.get("active_nodes") or {})))
+
+
+def require(needs: list[Need], wait_s: float = 0.0) -> None:
+    """Check that the Ray cluster can host `needs`; one line naming the flags when it cannot.
+
+    With `wait_s` > 0 (`--wait_for_resources`), or an autoscaler on the cluster, wait for
+    the cluster to grow (a progress line every 30 s) before giving that line.
+    """
+    missing = _missing(needs)
+    if not missing:
+        return
+    if wait_s <= 0 and autoscaler_configured():
+        wait_s = AUTOSCALER_WAIT_S
+    if wait_s > 0:
+        t0 = last = time.monotonic()
+        first = "; ".join(f"{n.amount:g} {n.resource} (have {have:g})" for n, have in missing)
+        print(f"# waiting up to {wait_s:g} s for the Ray cluster to offer {first}", flush=True)
+        while missing and time.monotonic() - t0 < wait_s:
+            time.sleep(WAIT_POLL_S)
+            missing = _missing(needs)
+            if missing and time.monotonic() - last >= WAIT_REPORT_S:
+                last = time.monotonic()
+                now = "; ".join(f"{n.resource} {have:g}/{n.amount:g}" for n, have in missing)
+                print(f"# still waiting for resources ({now}) after {last - t0:.0f} s", flush=True)
+        if not missing:
+            print(f"# resources available after {time.monotonic() - t0:.0f} s", flush=True)
+            return
+        need, have = missing[0]
+        raise UserError(need.message(have) + f" (waited {wait_s:g} s)")
+    need, have = missing[0]
+    raise UserError(need.message(have))
