@@ -75,7 +75,11 @@ class LoopConfig(RunConfig):
     steps_per_external_eval: int = 0
     """Evaluate (BLEU, SWD, returns) and checkpoint every this many steps; 0: 10 x steps_per_stats (tensorflow/nmt)."""
     keep_checkpoint_max: int = 5
-    """Checkpoints kept in out_dir/ckpt (tensorflow/nmt: num_keep_ckpts 5)."""
+    """Checkpoints kept in out_dir/ckpt and in the run's storage (tensorflow/nmt: num_keep_ckpts 5)."""
+    storage_path: str = ""
+    """Where Ray Train keeps the checkpoints the chief reports, and restarted or rerun workers restore from:
+    a path every node sees (NFS, a shared volume) or a URI pyarrow understands (s3://, gs://); empty: out_dir/ray
+    (enough on one machine)."""
 
     @property
     def eval_every(self) -> int:

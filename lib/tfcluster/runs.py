@@ -89,6 +89,90 @@ def export(wl: Any, cfg: Any, which: str = "best") -> str | None:
     return path
 
 
+# ---------------------------------------------------------------------------- storage
+
+
+def storage_root(cfg: Any) -> str:
+    """Where Ray Train keeps this run's checkpoints: --storage_path, else out_dir/ray."""
+    return getattr(cfg, "storage_path", "") or config_mod.abs_path(os.path.join(cfg.out_dir, "ray"))
+
+
+def storage_fs(uri_or_path: str):
+    """(pyarrow filesystem, path) of a local path or a URI (s3://, gs://), as Ray resolves its storage."""
+    import pyarrow.fs
+
+    if "://" not in uri_or_path:
+        return pyarrow.fs.LocalFileSystem(), os.path.abspath(uri_or_path)
+    return pyarrow.fs.FileSystem.from_uri(uri_or_path)
+
+
+def exists(fs: Any, path: str) -> bool:
+    import pyarrow.fs
+
+    return fs.get_file_info(path).type != pyarrow.fs.FileType.NotFound
+
+
+def upload_dir(local_dir: str, fs: Any, path: str) -> None:
+    """Replace folder `path` on `fs` with the files of `local_dir`."""
+    import pyarrow.fs
+
+    if exists(fs, path):
+        fs.delete_dir(path)
+    fs.create_dir(path, recursive=True)
+    pyarrow.fs.copy_files(local_dir, path, source_filesystem=pyarrow.fs.LocalFileSystem(), destination_filesystem=fs,
+                          use_threads=False)
+
+
+def download_dir(fs: Any, path: str, local_dir: str) -> bool:
+    """Replace `local_dir` with the files of folder `path` on `fs`; False when there is no such folder."""
+    import shutil
+
+    import pyarrow.fs
+
+    if not exists(fs, path):
+        return False
+    shutil.rmtree(local_dir, ignore_errors=True)
+    os.makedirs(local_dir, exist_ok=True)
+    pyarrow.fs.copy_files(path, local_dir, source_filesystem=fs, destination_filesystem=pyarrow.fs.LocalFileSystem())
+    return True
+
+
+def _complete_step(fs: Any, folder_path: str) -> int:
+    """The step of the TensorFlow checkpoint in `folder_path` (`ckpt-N.index` and every data shard
+    present), or -1: a folder half-written when its node went away is not a checkpoint."""
+    import pyarrow.fs
+
+    names = {os.path.basename(i.path) for i in fs.get_file_info(pyarrow.fs.FileSelector(folder_path))}
+    best = -1
+    for name in names:
+        if not name.endswith(".index") or "-" not in name:
+            continue
+        prefix = name[: -len(".index")]
+        step = prefix.rsplit("-", 1)[-1]
+        shards = [n for n in names if n.startswith(prefix + ".data-")]
+        total = shards[0].rsplit("-of-", 1)[-1] if shards else ""
+        if step.isdigit() and total.isdigit() and len(shards) == int(total):
+            best = max(best, int(step))
+    return best
+
+
+def latest_stored_checkpoint(fs: Any, experiment_path: str) -> str | None:
+    """The folder of the newest complete checkpoint a run's chief reported into storage.
+
+    Ray Train's `get_checkpoint()` names the newest checkpoint its controller has registered;
+    one reported just before a node was lost can be in storage and not yet registered, so the
+    folders themselves are read (newest step wins).
+    """
+    import pyarrow.fs
+
+    if not exists(fs, experiment_path):
+        return None
+    found = [(i.path, _complete_step(fs, i.path)) for i in fs.get_file_info(pyarrow.fs.FileSelector(experiment_path))
+             if i.type == pyarrow.fs.FileType.Directory and os.path.basename(i.path).startswith("checkpoint_")]
+    found = [f for f in found if f[1] >= 0]
+    return max(found, key=lambda f: f[1])[0] if found else None
+
+
 # ---------------------------------------------------------------------------- the Ray cluster
 
 

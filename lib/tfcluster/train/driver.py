@@ -30,13 +30,16 @@ def scaling(cfg: Any):
 
 
 def run_config(cfg: Any, workload: str, **kwargs: Any):
-    """Ray Train's RunConfig for a run of `cfg`: storage under out_dir, retries, quiet logging."""
-    from ray.train import FailureConfig, LoggingConfig, RunConfig
+    """Ray Train's RunConfig for a run of `cfg`: checkpoints in `--storage_path` (default out_dir/ray) under
+    the workload's name, so a restarted worker and a rerun of the same command both find them; retries;
+    quiet logging."""
+    from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig
 
-    kwargs.setdefault("name", f"{workload}-{time.strftime('%Y%m%d-%H%M%S')}")
-    kwargs.setdefault("storage_path", config_mod.abs_path(os.path.join(cfg.out_dir, "ray")))
+    kwargs.setdefault("name", workload)
+    kwargs.setdefault("storage_path", runs.storage_root(cfg))
     return RunConfig(
         failure_config=FailureConfig(max_failures=cfg.max_failures),
+        checkpoint_config=CheckpointConfig(num_to_keep=max(1, cfg.keep_checkpoint_max)),
         # Ray Train's INFO lines ("Reporting training result N: TrainingReport(...)" per report,
         # worker-group start-up) stay in its log files; warnings and errors still show.
         logging_config=LoggingConfig(log_level="WARNING"),
@@ -44,13 +47,34 @@ def run_config(cfg: Any, workload: str, **kwargs: Any):
     )
 
 
-CHECKPOINT_KEY = "checkpoint_prefix"  # the chief's checkpoint path in a report, when asked for
+CHIEF_FILE = "chief.json"  # where the chief says which node it runs on (out_dir, for people and tests)
+
+
+def _say_where(out_dir: str, ctx: WorkerContext) -> None:
+    import json
+    import socket
+
+    import ray
+
+    where = {"rank": ctx.rank, "world_size": ctx.world_size, "host": socket.gethostname(), "pid": os.getpid(),
+             "node_id": ray.get_runtime_context().get_node_id(), "time": time.time()}
+    os.makedirs(out_dir, exist_ok=True)
+    with open(os.path.join(out_dir, CHIEF_FILE), "w") as f:
+        json.dump(where, f)
 
 
 def train_loop_per_worker(config: dict) -> None:
-    """Runs on every Ray Train worker."""
+    """Runs on every Ray Train worker.
+
+    The chief reports each eval-point checkpoint to Ray Train, which copies it into the run's
+    storage, and uploads `best/` there too; a (re)started worker restores from
+    `ray.train.get_checkpoint()`, so nothing depends on the disk of the node a worker ran on.
+    """
+    import tempfile
+
     import ray.train
     from tfcluster import workloads
+    from tfcluster.train.loop import copy_checkpoint
 
     if config.get("fail_at_step"):
         os.environ[FAIL_AT_STEP_ENV] = str(config["fail_at_step"])
@@ -60,16 +84,33 @@ def train_loop_per_worker(config: dict) -> None:
     ctx = WorkerContext(rank=tctx.get_world_rank(), world_size=tctx.get_world_size())
     quiet.quiet_train_worker()
     quiet.warn_if_no_gpu(cfg.use_gpu, f"worker {ctx.rank} ({os.uname().nodename})")
+    if ctx.is_chief:
+        _say_where(cfg.out_dir, ctx)
+    storage = tctx.get_storage()
+    best_path = os.path.join(storage.experiment_fs_path, runs.BEST_DIR)
 
-    forward_ckpt = bool(config.get("report_checkpoint"))  # a sweep trial copies eval checkpoints into Tune
-
-    def report(metrics: dict, ckpt: str | None) -> None:
+    def report(metrics: dict, ckpt: str | None, is_best: bool = False) -> None:
         values = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
-        if forward_ckpt and ckpt and ctx.is_chief:
-            values[CHECKPOINT_KEY] = ckpt
-        ray.train.report(values)
+        if not (ckpt and ctx.is_chief):
+            ray.train.report(values)
+            return
+        if is_best:
+            runs.upload_dir(os.path.join(cfg.out_dir, runs.BEST_DIR), storage.storage_filesystem, best_path)
+        with tempfile.TemporaryDirectory(prefix="tfcluster-report-") as tmp:
+            copy_checkpoint(ckpt, tmp)
+            ray.train.report(values, checkpoint=ray.train.Checkpoint.from_directory(tmp))
 
-    run_loop(lambda strategy: wl.task(cfg, strategy, ctx), cfg, ctx, report)
+    # The newest checkpoint in storage (what Ray Train's get_checkpoint() names, or a newer one it
+    # had not registered when a node went away), downloaded to this node.
+    stored = runs.latest_stored_checkpoint(storage.storage_filesystem, storage.experiment_fs_path)
+    with tempfile.TemporaryDirectory(prefix="tfcluster-restore-") as restore_dir:
+        if stored is None:
+            checkpoint = ray.train.get_checkpoint()
+            if checkpoint is not None:
+                checkpoint.to_directory(restore_dir)
+        else:
+            runs.download_dir(storage.storage_filesystem, stored, restore_dir)
+        run_loop(lambda strategy: wl.task(cfg, strategy, ctx), cfg, ctx, report, restore_dir=restore_dir)
 
 
 def needs(cfg: Any) -> list[runs.Need]:
@@ -82,6 +123,19 @@ def needs(cfg: Any) -> list[runs.Need]:
     ]
 
 
+def fetch_best(cfg: Any, fs: Any, experiment: str, last: Any) -> None:
+    """Make the run's `best/` in out_dir (what export reads) the one in storage, or the last checkpoint
+    when no evaluation chose one: the chief may have written its copy on another node."""
+    best = os.path.join(cfg.out_dir, runs.BEST_DIR)
+    if runs.download_dir(fs, os.path.join(experiment, runs.BEST_DIR), best) or last is None:
+        return
+    with last.as_directory() as d:
+        import shutil
+
+        shutil.rmtree(best, ignore_errors=True)
+        shutil.copytree(d, best)
+
+
 def run(wl: Any, cfg: Any) -> dict[str, Any]:
     """Train workload `wl` (its contract object, or its name) with `cfg` on Ray; export at the end."""
     from ray.train.tensorflow import TensorflowTrainer
@@ -89,7 +143,8 @@ def run(wl: Any, cfg: Any) -> dict[str, Any]:
 
     wl = workloads.get(wl) if isinstance(wl, str) else wl
     cfg = config_mod.absolute_paths(cfg)  # workers do not share the driver's working directory
-    resumed = latest_checkpoint(cfg.out_dir) is not None
+    fs, experiment = runs.storage_fs(os.path.join(runs.storage_root(cfg), wl.name))
+    resumed = latest_checkpoint(cfg.out_dir) is not None or runs.exists(fs, experiment)
     cfg = wl.prepare(cfg)  # e.g. build vocabularies into out_dir, once, before workers start
     runs.start(wl.name, cfg, resumed)
     runs.init_ray(cfg.address)
@@ -108,6 +163,7 @@ def run(wl: Any, cfg: Any) -> dict[str, Any]:
     if result.error is not None:
         raise RuntimeError(f"training failed: {result.error}")
     metrics = dict(result.metrics or {})
+    fetch_best(cfg, fs, experiment, result.checkpoint)
     path = runs.export(wl, cfg, "best")
     if path:
         metrics["export_path"] = path

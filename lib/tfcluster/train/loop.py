@@ -139,7 +139,7 @@ def restore_run(out_dir: str, which: str = "best", **trackables: Any) -> str:
     return path
 
 
-def _copy_checkpoint(prefix: str, dest_dir: str) -> None:
+def copy_checkpoint(prefix: str, dest_dir: str) -> None:
     """Copy the files of checkpoint `prefix` into dest_dir as its only checkpoint."""
     import tensorflow as tf
 
@@ -151,6 +151,12 @@ def _copy_checkpoint(prefix: str, dest_dir: str) -> None:
         tf.io.gfile.copy(f, os.path.join(dest_dir, os.path.basename(f)), overwrite=True)
     with tf.io.gfile.GFile(os.path.join(dest_dir, "checkpoint"), "w") as fh:
         fh.write(f'model_checkpoint_path: "{base}"\nall_model_checkpoint_paths: "{base}"\n')
+
+
+def _checkpoint_number(prefix: str) -> int:
+    """The step of a CheckpointManager prefix (`.../ckpt-120` -> 120)."""
+    tail = os.path.basename(prefix).rsplit("-", 1)[-1]
+    return int(tail) if tail.isdigit() else -1
 
 
 def _maybe_fail(step: int, out_dir: str) -> None:
@@ -170,13 +176,16 @@ def run_loop(
     make_task: Callable[[Any], Task],
     cfg: Any,
     ctx: WorkerContext = WorkerContext(),
-    report: Callable[[dict[str, Any], str | None], None] | None = None,
+    report: Callable[[dict[str, Any], str | None, bool], None] | None = None,
+    restore_dir: str | None = None,
 ) -> dict[str, float]:
-    """Train `make_task(strategy)` to `task.num_steps`, resuming from `cfg.out_dir`; returns the last metrics.
+    """Train `make_task(strategy)` to `task.num_steps`, resuming; returns the last metrics.
 
-    `report(metrics, checkpoint_dir_or_None)` is called on every worker at each stats
-    and eval point (Ray Train's or Ray Tune's report); the checkpoint dir is given at eval
-    points, after the chief saved.
+    It resumes from the newer of `restore_dir` (a checkpoint Ray Train handed back: storage
+    survives the loss of any node) and `cfg.out_dir/ckpt`. `report(metrics, checkpoint_prefix_or_None,
+    is_best)` is called on every worker at each stats and eval point (Ray Train's or Ray Tune's
+    report); the checkpoint is given at eval points, after the chief saved, and `is_best` says
+    it is the new `best/`.
     """
     import keras
     import tensorflow as tf
@@ -198,7 +207,9 @@ def run_loop(
     ckpt_dir = checkpoint_dir(cfg.out_dir, ctx)
     manager = tf.train.CheckpointManager(ckpt, ckpt_dir, max_to_keep=cfg.keep_checkpoint_max)
     try:
-        restore_from = tf.train.latest_checkpoint(os.path.join(cfg.out_dir, CKPT_DIR))
+        candidates = [p for p in (tf.train.latest_checkpoint(restore_dir) if restore_dir else None,
+                                  tf.train.latest_checkpoint(os.path.join(cfg.out_dir, CKPT_DIR))) if p]
+        restore_from = max(candidates, key=_checkpoint_number) if candidates else None
         if restore_from:
             ckpt.restore(restore_from).expect_partial()
             writer.log(f"# resuming from step {int(step_var.numpy())} ({restore_from})")
@@ -247,7 +258,7 @@ def run_loop(
                 host = {k: float(v.numpy()) for k, v in sums.items()}
                 last = task.stats(host, n_steps, seconds)
                 sums, n_steps = {}, 0
-            ckpt_path = None
+            ckpt_path, improved = None, False
             if is_eval:
                 ckpt_path = save(step)
                 if ctx.is_chief:
@@ -258,13 +269,14 @@ def run_loop(
                         value, best = ev[name], float(best_var.numpy())
                         if runs.is_better(value, best, mode):
                             best_var.assign(value)
-                            _copy_checkpoint(ckpt_path, os.path.join(cfg.out_dir, BEST_DIR))
+                            copy_checkpoint(ckpt_path, os.path.join(cfg.out_dir, BEST_DIR))
+                            improved = True
                             last[f"best/{name}"] = value
                         else:
                             last[f"best/{name}"] = best
             writer.write(step, last)
             if report is not None:
-                report(dict(last, step=step), ckpt_path)
+                report(dict(last, step=step), ckpt_path, improved)
             t0 = time.perf_counter()
         writer.close()
         return last

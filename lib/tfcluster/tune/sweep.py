@@ -124,7 +124,7 @@ def trainable(config: dict, *, workload: str, base: dict, shared_dir: str, cpus:
     """One trial: the base Config with this trial's sampled values, trained by the shared loop."""
     import ray.tune as tune
     from tfcluster import workloads
-    from tfcluster.train.loop import WorkerContext, _copy_checkpoint, run_loop
+    from tfcluster.train.loop import WorkerContext, copy_checkpoint, run_loop
 
     if workers == 1:
         _limit_threads(cpus)
@@ -145,12 +145,18 @@ def trainable(config: dict, *, workload: str, base: dict, shared_dir: str, cpus:
     if checkpoint is not None:
         _restore_into(checkpoint, out_dir)
 
-    def report(metrics: dict, ckpt_path: str | None) -> None:
-        if ckpt_path is None:  # stats-only points carry no eval metric: report eval points only
+    def report(metrics: dict, ckpt: Any, is_best: bool = False) -> None:
+        """Relay an eval point to Tune with its checkpoint: a local checkpoint prefix (one worker), or
+        the Ray Train checkpoint the trial's chief reported into storage (--workers_per_trial)."""
+        if ckpt is None:  # stats-only points carry no eval metric: report eval points only
             return
         values = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        if not isinstance(ckpt, str):
+            with ckpt.as_directory() as d:
+                tune.report(values, checkpoint=tune.Checkpoint.from_directory(d))
+            return
         with tempfile.TemporaryDirectory() as tmp:
-            _copy_checkpoint(ckpt_path, tmp)
+            copy_checkpoint(ckpt, tmp)
             tune.report(values, checkpoint=tune.Checkpoint.from_directory(tmp))
 
     if workers > 1:
@@ -180,12 +186,12 @@ def _train_workers(workload: str, cfg: Any, gpus_per_worker: float, report) -> N
             self.q = q
 
         def after_report(self, run_context, metrics, checkpoint):
-            self.q.put(dict(metrics[0]))
+            self.q.put((dict(metrics[0]), checkpoint))  # the checkpoint as persisted in the run's storage
 
     per_worker = {"CPU": cfg.cpus_per_worker, **({"GPU": gpus_per_worker} if gpus_per_worker else {})}
     trainer = TensorflowTrainer(
         train_loop_per_worker=driver.train_loop_per_worker,
-        train_loop_config={"workload": workload, "config": config_mod.to_dict(cfg), "report_checkpoint": True},
+        train_loop_config={"workload": workload, "config": config_mod.to_dict(cfg)},
         scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=gpus_per_worker > 0,
                                      resources_per_worker=per_worker),
         run_config=driver.run_config(cfg, "train", storage_path=os.path.join(os.path.dirname(cfg.out_dir), "ray"),
@@ -208,8 +214,8 @@ def _train_workers(workload: str, cfg: Any, gpus_per_worker: float, report) -> N
             if not thread.is_alive():
                 break
             continue
-        ckpt = item.pop(driver.CHECKPOINT_KEY, None)
-        report(item, ckpt)
+        metrics, ckpt = item
+        report(metrics, ckpt)
     thread.join()
     if "error" in outcome:
         raise outcome["error"]
