@@ -28,8 +28,14 @@ $(STAMP): requirements.lock pyproject.toml
 	@grep -q RAY_AUTH_MODE $(BIN)/activate || echo 'export RAY_AUTH_MODE=token' >> $(BIN)/activate
 	@touch $(STAMP)
 
-test: $(STAMP)
-	$(BIN)/python -m pytest -q tests
+S3STUB := $(VENV)/s3-stand-in
+
+$(S3STUB)/.stamp: requirements-s3.lock $(STAMP)
+	$(BIN)/python -m pip install --quiet --no-warn-conflicts --target $(S3STUB) -r requirements-s3.lock
+	@touch $@
+
+test: $(STAMP) $(S3STUB)/.stamp
+	TFCLUSTER_S3_STAND_IN=$(abspath $(S3STUB)) $(BIN)/python -m pytest -q tests
 
 demo: $(STAMP)
 	$(BIN)/tfcluster demo

@@ -166,14 +166,15 @@ def coerce(cls: type, name: str, value: Any) -> Any:
 # ---------------------------------------------------------------------------- flags
 
 
-def add_config_flags(parser: argparse.ArgumentParser, cls: type, *, title: str = "", hparams: bool = True) -> None:
+def add_config_flags(parser: argparse.ArgumentParser, cls: type, *, title: str = "", hparams: bool = True,
+                     skip: frozenset[str] = frozenset()) -> None:
     """One flag per field of `cls` (but fields with metadata flag=False); defaults are suppressed so
     explicit flags can be told apart. With `hparams`, also --hparams_path (a preset of settings)."""
     docs = field_docs(cls)
     hints = _hints(cls)
     group = parser.add_argument_group(title or f"{cls.__module__.rsplit('.', 1)[-1]} settings")
     for f in dataclasses.fields(cls):
-        if not f.init or not f.metadata.get("flag", True):
+        if not f.init or not f.metadata.get("flag", True) or f.name in skip:
             continue
         tp, choices = _base_type(hints[f.name])
         default = f.default if f.default is not dataclasses.MISSING else None

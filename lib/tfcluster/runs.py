@@ -40,11 +40,11 @@ def folder(out_dir: str, which: str = "last") -> str:
 
 
 def parser(wl: Any, *, prog: str | None = None, description: str | None = None,
-           allow_abbrev: bool = True) -> argparse.ArgumentParser:
-    """An argument parser with one flag per field of the workload's Config (and --hparams_path)."""
+           allow_abbrev: bool = True, skip: frozenset[str] = frozenset()) -> argparse.ArgumentParser:
+    """An argument parser with one flag per field of the workload's Config (but `skip`) and --hparams_path."""
     p = argparse.ArgumentParser(prog=prog or f"train_{wl.name}.py", description=description or wl.description,
                                 allow_abbrev=allow_abbrev)
-    config_mod.add_config_flags(p, wl.config)
+    config_mod.add_config_flags(p, wl.config, skip=skip)
     return p
 
 
@@ -95,6 +95,12 @@ def export(wl: Any, cfg: Any, which: str = "best") -> str | None:
 def storage_root(cfg: Any) -> str:
     """Where Ray Train keeps this run's checkpoints: --storage_path, else out_dir/ray."""
     return getattr(cfg, "storage_path", "") or config_mod.abs_path(os.path.join(cfg.out_dir, "ray"))
+
+
+def join(uri_or_path: str, *parts: str) -> str:
+    """`os.path.join` for a local path or a URI whose query (`?endpoint_override=...`) stays at the end."""
+    base, sep, query = uri_or_path.partition("?")
+    return "/".join([base.rstrip("/"), *parts]) + sep + query if "://" in base else os.path.join(base, *parts)
 
 
 def storage_fs(uri_or_path: str):

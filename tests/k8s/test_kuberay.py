@@ -119,6 +119,11 @@ def test_rayjob_per_workload(workload):
         assert "--num_workers" not in flags and 0 < runners <= workers["replicas"] * pod_cpus
     else:
         assert workers["replicas"] == int(flags["--num_workers"])  # one Ray Train worker per pod
+        # Checkpoints go to storage every pod mounts (the RWX workspace claim), so a worker
+        # rescheduled onto another node resumes; the job waits for GPU nodes to be added.
+        mounts = {m["mountPath"]: m["name"] for m in workers["template"]["spec"]["containers"][0]["volumeMounts"]}
+        assert any(flags["--storage_path"].startswith(path + "/") for path in mounts)
+        assert float(flags["--wait_for_resources"]) > 0
     config_mod.build(workloads.get(workload).config, {k[2:]: v for k, v in flags.items()}, "entrypoint")
     if flags.get("--use_gpu") == "true":
         assert workers["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"

@@ -143,7 +143,7 @@ def run(wl: Any, cfg: Any) -> dict[str, Any]:
 
     wl = workloads.get(wl) if isinstance(wl, str) else wl
     cfg = config_mod.absolute_paths(cfg)  # workers do not share the driver's working directory
-    fs, experiment = runs.storage_fs(os.path.join(runs.storage_root(cfg), wl.name))
+    fs, experiment = runs.storage_fs(runs.join(runs.storage_root(cfg), wl.name))
     resumed = latest_checkpoint(cfg.out_dir) is not None or runs.exists(fs, experiment)
     cfg = wl.prepare(cfg)  # e.g. build vocabularies into out_dir, once, before workers start
     runs.start(wl.name, cfg, resumed)

@@ -82,7 +82,8 @@ def parse(workload: str, argv: list[str] | None = None) -> tuple[SweepConfig, An
     from tfcluster import runs, workloads
 
     wl = workloads.get(workload)
-    parser = runs.parser(wl, prog=f"sweep_{workload}.py", description=f"Ray Tune sweep over {workload} hyperparameters", allow_abbrev=False)
+    parser = runs.parser(wl, prog=f"sweep_{workload}.py", description=f"Ray Tune sweep over {workload} hyperparameters", allow_abbrev=False,
+                         skip=frozenset({"storage_path"}))  # the sweep's --storage_path holds its trials' runs
     config_mod.add_config_flags(parser, SweepConfig, title="sweep settings", hparams=False)
     ns = parser.parse_args(argv)
     sweep_names = {f.name for f in dataclasses.fields(SweepConfig) if f.metadata.get("flag", True)}
