@@ -14,14 +14,20 @@ sys.path.insert(0, os.path.join(ROOT, "lib"))
 import pytest  # noqa: E402
 
 
-@pytest.fixture(scope="session")
-def ray_local():
-    """A local Ray instance for the session (2 CPUs), shut down at the end."""
+def start_local_ray():
+    """The session's local Ray (2 CPUs); a test that needs another cluster restarts it when done."""
     import ray
 
     if not ray.is_initialized():
         ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR",
                  runtime_env={"env_vars": {"PYTHONPATH": os.path.join(ROOT, "lib"), "KERAS_BACKEND": "tensorflow"}})
+    return ray
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """A local Ray instance for the session (2 CPUs), shut down at the end."""
+    ray = start_local_ray()
     yield ray
     ray.shutdown()
 

@@ -33,7 +33,8 @@ def three_nodes(tmp_path):
     import ray
     from ray.cluster_utils import Cluster
 
-    if ray.is_initialized():
+    was_local = ray.is_initialized()
+    if was_local:
         ray.shutdown()
     cluster = Cluster(initialize_head=True, head_node_args={
         "num_cpus": 0, "include_dashboard": False,
@@ -48,6 +49,10 @@ def three_nodes(tmp_path):
     yield cluster
     ray.shutdown()
     cluster.shutdown()
+    if was_local:  # give the tests after this one the session's local Ray back
+        from conftest import start_local_ray
+
+        start_local_ray()
 
 
 def _nmt_cfg(tmp_path, **kw):
