@@ -143,6 +143,12 @@ def download_dir(fs: Any, path: str, local_dir: str) -> bool:
     return True
 
 
+def checkpoint_step(prefix: str) -> int:
+    """The step of a CheckpointManager prefix (`.../ckpt-120` -> 120), or -1."""
+    tail = os.path.basename(prefix).rsplit("-", 1)[-1]
+    return int(tail) if tail.isdigit() else -1
+
+
 def _complete_step(fs: Any, folder_path: str) -> int:
     """The step of the TensorFlow checkpoint in `folder_path` (`ckpt-N.index` and every data shard
     present), or -1: a folder half-written when its node went away is not a checkpoint."""
@@ -151,14 +157,13 @@ def _complete_step(fs: Any, folder_path: str) -> int:
     names = {os.path.basename(i.path) for i in fs.get_file_info(pyarrow.fs.FileSelector(folder_path))}
     best = -1
     for name in names:
-        if not name.endswith(".index") or "-" not in name:
+        if not name.endswith(".index"):
             continue
         prefix = name[: -len(".index")]
-        step = prefix.rsplit("-", 1)[-1]
         shards = [n for n in names if n.startswith(prefix + ".data-")]
         total = shards[0].rsplit("-of-", 1)[-1] if shards else ""
-        if step.isdigit() and total.isdigit() and len(shards) == int(total):
-            best = max(best, int(step))
+        if total.isdigit() and len(shards) == int(total):
+            best = max(best, checkpoint_step(prefix))
     return best
 
 

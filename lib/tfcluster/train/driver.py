@@ -129,11 +129,10 @@ def fetch_best(cfg: Any, fs: Any, experiment: str, last: Any) -> None:
     best = os.path.join(cfg.out_dir, runs.BEST_DIR)
     if runs.download_dir(fs, os.path.join(experiment, runs.BEST_DIR), best) or last is None:
         return
-    with last.as_directory() as d:
-        import shutil
+    import shutil
 
-        shutil.rmtree(best, ignore_errors=True)
-        shutil.copytree(d, best)
+    shutil.rmtree(best, ignore_errors=True)
+    last.to_directory(best)
 
 
 def run(wl: Any, cfg: Any) -> dict[str, Any]:

@@ -153,12 +153,6 @@ def copy_checkpoint(prefix: str, dest_dir: str) -> None:
         fh.write(f'model_checkpoint_path: "{base}"\nall_model_checkpoint_paths: "{base}"\n')
 
 
-def _checkpoint_number(prefix: str) -> int:
-    """The step of a CheckpointManager prefix (`.../ckpt-120` -> 120)."""
-    tail = os.path.basename(prefix).rsplit("-", 1)[-1]
-    return int(tail) if tail.isdigit() else -1
-
-
 def _maybe_fail(step: int, out_dir: str) -> None:
     """Exit the process once at step N when TFCLUSTER_FAIL_AT_STEP=N (fault-injection hook)."""
     at = os.environ.get(FAIL_AT_STEP_ENV)
@@ -209,7 +203,7 @@ def run_loop(
     try:
         candidates = [p for p in (tf.train.latest_checkpoint(restore_dir) if restore_dir else None,
                                   tf.train.latest_checkpoint(os.path.join(cfg.out_dir, CKPT_DIR))) if p]
-        restore_from = max(candidates, key=_checkpoint_number) if candidates else None
+        restore_from = max(candidates, key=runs.checkpoint_step) if candidates else None
         if restore_from:
             ckpt.restore(restore_from).expect_partial()
             writer.log(f"# resuming from step {int(step_var.numpy())} ({restore_from})")
