@@ -25,6 +25,13 @@ def start_local_ray():
 
 
 @pytest.fixture(scope="session")
+def local_ray_starter():
+    """`start_local_ray`, for a test that replaces the session's Ray and gives it back when done
+    (a fixture, since `import conftest` from a test could find another folder's conftest)."""
+    return start_local_ray
+
+
+@pytest.fixture(scope="session")
 def ray_local():
     """A local Ray instance for the session (2 CPUs), shut down at the end."""
     ray = start_local_ray()

@@ -29,7 +29,7 @@ STATS, EVAL = 5, 10
 
 
 @pytest.fixture
-def three_nodes(tmp_path):
+def three_nodes(tmp_path, local_ray_starter):
     import ray
     from ray.cluster_utils import Cluster
 
@@ -50,9 +50,7 @@ def three_nodes(tmp_path):
     ray.shutdown()
     cluster.shutdown()
     if was_local:  # give the tests after this one the session's local Ray back
-        from conftest import start_local_ray
-
-        start_local_ray()
+        local_ray_starter()
 
 
 def _nmt_cfg(tmp_path, **kw):
