@@ -120,3 +120,62 @@ def _records(out_dir):
     if not os.path.exists(os.path.join(out_dir, "metrics.jsonl")):
         return []
     return [r for r in read_metrics(out_dir) if any(k.startswith("train/") for k in r)]
+
+
+def test_a_sweep_with_two_workers_per_trial_across_nodes(three_nodes, tmp_path):
+    """--workers_per_trial 2 on the 3-node cluster: each trial is a Ray Train run whose workers sit on
+    two nodes; the trial's run folder, best/ and the export come from the experiment's storage."""
+    import csv
+
+    from tfcluster.tune import sweep
+
+    p = toy.write_corpus(str(tmp_path / "data"), sizes={"train": 200, "dev": 10})
+    storage, models = tmp_path / "store", tmp_path / "models"
+    out = sweep.run(*sweep.parse("nmt", [
+        "--num_samples", "1", "--scheduler", "fifo", "--workers_per_trial", "2", "--cpus_per_trial", "2",
+        "--evals_per_trial", "2", "--storage_path", str(storage), "--name", "w2", "--export_best",
+        "--model_base_path", str(models), "--src", "src", "--tgt", "tgt", "--train_prefix", p["train"],
+        "--dev_prefix", p["dev"], "--num_train_steps", "20", "--num_units", "8", "--num_layers", "1",
+        "--batch_size", "16", "--attention", "", "--seed", "1"]))
+    with open(storage / "w2" / "results.csv") as f:
+        (row,) = list(csv.DictReader(f))
+    assert row["status"] == "DONE" and int(row["step"]) == 20
+    assert row["out_dir"].startswith(str(storage / "w2" / "trial_"))
+    assert json.load(open(storage / "w2" / "best_config.json"))["out_dir"] == row["out_dir"]
+    assert os.path.exists(os.path.join(row["out_dir"], runs.BEST_DIR, "checkpoint"))
+    chief = json.load(open(os.path.join(row["out_dir"], driver.CHIEF_FILE)))
+    assert chief["world_size"] == 2
+    assert os.path.exists(os.path.join(out["export_path"], "saved_model.pb"))
+
+
+def test_rl_env_runners_spread_over_nodes_and_a_lost_one_is_replaced(three_nodes, capsys):
+    """DQN with --num_env_runners 2: the runners sit on two different nodes (the learner is this
+    process, on the head); the node of one is removed mid-run, a replacement starts on the node left
+    free, and training goes on."""
+    from tfcluster.rl import DQNConfig
+
+    algo = (DQNConfig().environment("CartPole-v1")
+            .env_runners(num_env_runners=2, rollout_fragment_length=50)
+            .training(t_learn_start=200, t_ep_end=2000, steps_per_stats=400, t_test=0, test_episodes=2,
+                      mlp_hidden_sizes="32", batch_size=32)
+            .debugging(seed=0).build())
+    try:
+        algo.train()
+        nodes = algo.runners.node_ids()
+        assert len(set(nodes)) == 2, nodes  # spread: one runner a node
+        lost = next(n for n in three_nodes.list_all_nodes() if n.node_id == nodes[0])
+        before = algo.env_steps
+        three_nodes.remove_node(lost, allow_graceful=False)
+        print(f"# removed the node of env runner 1 ({nodes[0][:12]}) at env step {before}")
+        deadline = time.time() + 120  # Ray notices the node is gone within its health-check period
+        while algo.runners.num_restarts == 0 and time.time() < deadline:
+            algo.train()
+        restarted_at = algo.env_steps
+        results = [algo.train() for _ in range(2)]  # and training goes on with the replacement
+        assert results[-1]["env_runners/num_env_runner_restarts"] == 1
+        assert algo.env_steps >= restarted_at + 2 * 400 > before
+        after = algo.runners.node_ids()
+        assert after[0] != nodes[0] and after[1] == nodes[1] and len(set(after)) == 2, (nodes, after)
+        assert "env runner 1 lost" in capsys.readouterr().out
+    finally:
+        algo.stop()

@@ -80,3 +80,43 @@ def test_nmt_checkpoints_in_s3_survive_a_killed_worker_and_a_new_machine(ray_loc
     metrics = driver.run("nmt", elsewhere)
     assert [r["step"] for r in read_metrics(elsewhere.out_dir) if "train/loss" in r] == [25, 30]
     assert metrics["export_path"].endswith("/nmt/2")
+
+
+def test_a_sweep_in_s3_exports_and_resumes_from_the_bucket(ray_local, tmp_path, s3_bucket, monkeypatch):
+    """The sweep's trials keep their run folders in the bucket; results.csv and best_config.json are
+    there and name bucket folders; --export_best and --resume read the bucket, not the driver's disk."""
+    import csv
+    import io
+    import json
+
+    from tfcluster.data.toy import write_corpus
+    from tfcluster.tune import sweep
+
+    corpus = write_corpus(str(tmp_path / "corpus"), sizes={"train": 200, "dev": 10})
+    sweeps = runs.join(s3_bucket, "sweeps")
+    argv = ["--num_samples", "1", "--scheduler", "fifo", "--cpus_per_trial", "1", "--evals_per_trial", "2",
+            "--storage_path", sweeps, "--name", "s3", "--export_best", "--model_base_path", str(tmp_path / "models"),
+            "--src", "src", "--tgt", "tgt", "--train_prefix", corpus["train"], "--dev_prefix", corpus["dev"],
+            "--num_train_steps", "10", "--num_units", "8", "--num_layers", "1", "--batch_size", "16",
+            "--attention", "", "--seed", "1"]
+    monkeypatch.setenv("TMPDIR", str(tmp_path / "driver"))  # the driver's local copies, removed below
+    (tmp_path / "driver").mkdir()
+    out = sweep.run(*sweep.parse("nmt", argv))
+    assert out["experiment"] == runs.join(sweeps, "s3") and out["export_path"].endswith("/nmt/1")
+
+    fs, exp = runs.storage_fs(runs.join(sweeps, "s3"))
+    with fs.open_input_stream(f"{exp}/results.csv") as f:
+        (row,) = list(csv.DictReader(io.StringIO(f.read().decode())))
+    assert row["status"] == "DONE" and row["out_dir"].startswith("s3://") and "/s3/trial_" in row["out_dir"]
+    with fs.open_input_stream(f"{exp}/best_config.json") as f:
+        assert json.loads(f.read())["out_dir"] == row["out_dir"]
+    run_fs, run_path = runs.storage_fs(row["out_dir"])
+    for name in ("config.json", "metrics.jsonl", "best/checkpoint"):
+        assert runs.exists(run_fs, f"{run_path}/{name}"), name
+
+    import shutil
+
+    shutil.rmtree(tmp_path / "driver")  # another machine: nothing of the first run on its disk
+    (tmp_path / "driver").mkdir()
+    again = sweep.run(*sweep.parse("nmt", [*argv, "--resume"]))
+    assert again["best"]["trial"] == out["best"]["trial"] and again["export_path"].endswith("/nmt/2")

@@ -46,6 +46,8 @@ class RLConfig(RunConfig):
     """Ray actors stepping environments with the current weights (RLlib); 0: sample in the learner process."""
     num_cpus_per_env_runner: float = 1.0
     """CPUs reserved per env-runner actor (RLlib)."""
+    restart_failed_env_runners: bool = True
+    """Replace an env runner lost with its process or node and go on (RLlib); false: the run fails."""
     solve_score: float = 0.0
     """Stop once env_runners/episode_return_mean reaches this; 0: the env's own threshold (CartPole-v0 195, v1 475; Atari none); negative: never."""
     solve_metric: Literal["env_runners", "evaluation"] = "env_runners"
@@ -103,6 +105,9 @@ class AlgorithmConfig:
                     rollout_fragment_length: int | None = None) -> "AlgorithmConfig":
         return self._set(num_env_runners=num_env_runners, num_cpus_per_env_runner=num_cpus_per_env_runner,
                          rollout_fragment_length=rollout_fragment_length)
+
+    def fault_tolerance(self, *, restart_failed_env_runners: bool | None = None) -> "AlgorithmConfig":
+        return self._set(restart_failed_env_runners=restart_failed_env_runners)
 
     def learners(self, *, num_gpus_per_learner: int | None = None) -> "AlgorithmConfig":
         return self._set(use_gpu=None if num_gpus_per_learner is None else num_gpus_per_learner > 0)
@@ -217,6 +222,7 @@ class Algorithm(Trainable):
             "env_runners/episode_len_mean": float(n.mean()),
             "env_runners/num_episodes_lifetime": self.num_episodes,
             "env_runners/num_env_steps_sampled_lifetime": self.env_steps,
+            "env_runners/num_env_runner_restarts": self.runners.num_restarts,
             "perf/time_total_s": time.time() - self.wall_start,
         }
         if self.solved_at:
@@ -297,7 +303,7 @@ class Algorithm(Trainable):
 
         learner = {"CPU": 1.0, **({"GPU": 1.0} if config.get("use_gpu") else {})}
         runner = {"CPU": float(config.get("num_cpus_per_env_runner", 1.0))}
-        return PlacementGroupFactory([learner] + [runner] * int(config.get("num_env_runners", 0)))
+        return PlacementGroupFactory([learner] + [runner] * int(config.get("num_env_runners", 0)), strategy="SPREAD")
 
 
 # -------------------------------------------------------------------- helpers for the jobs

@@ -5,6 +5,11 @@ Like RLlib's EnvRunnerGroup: one local runner (in the learner process; it sample
 learner puts its weights into the object store once per round (`ray.put`) and every
 runner's `sample_*` call receives that reference, so the weights travel once per node.
 
+Across machines: the runner actors are spread over the cluster's nodes (Ray's SPREAD
+strategy, or the trial's placement group in a sweep), and a runner whose process or node
+is lost is replaced by a new actor and its work sent again (RLlib's
+`restart_failed_env_runners`), so training goes on.
+
 A policy is anything with `set_weights(list[np.ndarray])` and
 `act(obs[None], explore, rng) -> actions`; the workload passes a picklable factory
 `policy_fn(observation_space, action_space)`.
@@ -116,6 +121,12 @@ class EnvRunner:
         self.obs = None
         return out
 
+    def node_id(self) -> str:
+        """The Ray node this runner lives on."""
+        import ray
+
+        return ray.get_runtime_context().get_node_id()
+
     def evaluate(self, weights: list | None, num_episodes: int, explore: float, record: bool = False) -> dict[str, Any]:
         """Returns of `num_episodes` episodes on a separate env copy (greedy when `explore` is 0),
         and the rendered frames of the first episode when `record`."""
@@ -146,15 +157,37 @@ class EnvRunnerGroup:
     """The local runner plus `num_env_runners` Ray actors (runner i seeded with seed + i)."""
 
     def __init__(self, env_name: str, env_config: dict, policy_fn: Callable[..., Any], *, seed: int,
-                 num_env_runners: int = 0, num_cpus_per_env_runner: float = 1.0):
+                 num_env_runners: int = 0, num_cpus_per_env_runner: float = 1.0,
+                 restart_failed_env_runners: bool = True):
         self.local = EnvRunner(env_name, env_config, policy_fn, seed, 0)
         self.remote: list = []
         self._inflight: dict = {}
-        if num_env_runners > 0:
-            import ray
+        self._args = (env_name, env_config, policy_fn, seed)
+        self._cpus = num_cpus_per_env_runner
+        self.restart = restart_failed_env_runners
+        self.num_restarts = 0
+        self.remote = [self._start(i) for i in range(1, num_env_runners + 1)]
 
-            actor = ray.remote(num_cpus=num_cpus_per_env_runner)(EnvRunner)
-            self.remote = [actor.remote(env_name, env_config, policy_fn, seed + i, i) for i in range(1, num_env_runners + 1)]
+    def _start(self, index: int, generation: int = 0):
+        """Runner actor `index` (1-based); a replacement gets a seed of its own (`generation`)."""
+        import ray
+        from ray.util import get_current_placement_group
+
+        env_name, env_config, policy_fn, seed = self._args
+        # In a sweep the trial's placement group holds the runners' CPUs (Tune captures child actors);
+        # otherwise spread the runners over the nodes, away from each other.
+        options = {} if get_current_placement_group() is not None else {"scheduling_strategy": "SPREAD"}
+        actor = ray.remote(num_cpus=self._cpus, max_restarts=0)(EnvRunner).options(**options)
+        return actor.remote(env_name, env_config, policy_fn, seed + index + 1000 * generation, index)
+
+    def _replace(self, i: int, error: BaseException) -> None:
+        """Runner i (0-based in `remote`) died with its process or node: start another, or give up."""
+        if not self.restart:
+            raise error
+        self.num_restarts += 1
+        print(f"# env runner {i + 1} lost ({type(error).__name__}); starting a replacement "
+              f"(restart {self.num_restarts})", flush=True)
+        self.remote[i] = self._start(i + 1, self.num_restarts)
 
     @property
     def num_remote(self) -> int:
@@ -162,34 +195,58 @@ class EnvRunnerGroup:
 
     def next_fragments(self, weights: list, num_steps: int, explore: float) -> list[dict]:
         """Replay fragments. Local: sampled now. Remote: the ones ready (at least one); those
-        runners are sent off again at once with `weights`, so sampling overlaps learning."""
+        runners are sent off again at once with `weights`, so sampling overlaps learning. A lost
+        runner is replaced and sent off too."""
         if not self.remote:
             return [self.local.sample_steps(weights, num_steps, explore)]
         import ray
+        from ray.exceptions import RayActorError
 
         ref = ray.put(weights)
-        busy = set(self._inflight.values())
-        for i, r in enumerate(self.remote):
-            if i not in busy:
-                self._inflight[r.sample_steps.remote(ref, num_steps, explore)] = i
-        ready, _ = ray.wait(list(self._inflight), num_returns=1)
-        out = []
-        for f in ready:
-            i = self._inflight.pop(f)
-            out.append(ray.get(f))
-            self._inflight[self.remote[i].sample_steps.remote(ref, num_steps, explore)] = i
+        out: list[dict] = []
+        while not out:
+            busy = set(self._inflight.values())
+            for i, r in enumerate(self.remote):
+                if i not in busy:
+                    self._inflight[r.sample_steps.remote(ref, num_steps, explore)] = i
+            ready, _ = ray.wait(list(self._inflight), num_returns=1)
+            for f in ready:
+                i = self._inflight.pop(f)
+                try:
+                    out.append(ray.get(f))
+                except RayActorError as e:
+                    self._replace(i, e)
+                    continue
+                self._inflight[self.remote[i].sample_steps.remote(ref, num_steps, explore)] = i
         return out
 
     def sample_episodes(self, weights: list, num_episodes: int) -> list[dict]:
-        """`num_episodes` on-policy episodes, split across the remote runners (or sampled locally)."""
+        """`num_episodes` on-policy episodes, split across the remote runners (or sampled locally); a
+        lost runner's share is sampled again by its replacement."""
         if not self.remote:
             return self.local.sample_episodes(weights, num_episodes)
         import ray
+        from ray.exceptions import RayActorError
 
         ref = ray.put(weights)
         per = math.ceil(num_episodes / len(self.remote))
-        parts = ray.get([r.sample_episodes.remote(ref, per) for r in self.remote])
-        return [ep for part in parts for ep in part][:num_episodes]
+        pending = {r.sample_episodes.remote(ref, per): i for i, r in enumerate(self.remote)}
+        episodes: list[dict] = []
+        while pending:
+            ready, _ = ray.wait(list(pending), num_returns=1)
+            i = pending.pop(ready[0])
+            try:
+                episodes.extend(ray.get(ready[0]))
+            except RayActorError as e:
+                self._replace(i, e)
+                pending[self.remote[i].sample_episodes.remote(ref, per)] = i
+        return episodes[:num_episodes]
+
+    def node_ids(self) -> list[str]:
+        """The nodes of the remote runners, in order."""
+        import ray
+
+        return ray.get([r.node_id.remote() for r in self.remote])
 
     def stop(self) -> None:
         import ray

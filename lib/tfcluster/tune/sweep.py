@@ -1,13 +1,20 @@
 """Ray Tune sweeps over a workload's hyperparameters, running the train jobs' own code.
 
 NMT and DCGAN: each trial is a function trainable that calls `tfcluster.train.loop.run_loop`
-(the loop `jobs/train_<workload>.py` runs) in its own out_dir under the trial folder, on
+(the loop `jobs/train_<workload>.py` runs) in its own out_dir, `<trial folder>/run`, on
 one worker or, with `--workers_per_trial N`, as a Ray Train run of N workers started from
 the trial. It reports the eval metric with a checkpoint at every eval point, so ASHA can
 stop bad trials early and PBT can exploit from another trial's checkpoint.
 
 DQN and policy gradient: the algorithm (`tfcluster.rl.Algorithm`, a `ray.tune.Trainable`)
 is the trial; each training iteration is one result, checkpointed every iteration.
+
+Every trial's run folder (config.json, metrics.jsonl, best/) is in the experiment's storage
+(`--storage_path`, local/NFS or a URI such as s3://bucket/sweeps): on a shared path the trial
+works there; with a URI it works in its node's scratch folder and copies those files up at
+each eval point. results.csv and best_config.json name those storage folders, and
+`--export_best` and `--resume` read them from storage, so no trial depends on a disk that
+goes away with its node.
 
 The sweep adds only the search space (`tfcluster.tune.spaces`).
 """
@@ -27,6 +34,7 @@ import time
 from typing import Any, Callable, Literal
 
 from tfcluster import config as config_mod
+from tfcluster import runs
 from tfcluster.errors import UserError
 from tfcluster.tune import spaces
 
@@ -120,8 +128,61 @@ def _restore_into(checkpoint, out_dir: str) -> None:
         shutil.copytree(src, dest)
 
 
-def trainable(config: dict, *, workload: str, base: dict, shared_dir: str, cpus: float, gpus: float = 0.0,
-              workers: int = 1) -> None:
+class TrialFolder:
+    """A trial's run folder in the experiment's storage.
+
+    Local or NFS storage: out_dir is that folder. A URI (s3://, gs://): out_dir is the trial's
+    working folder on its node, and `sync` copies the run's files (config.json, metrics.jsonl,
+    vocabularies, best/; not ckpt/, which Tune keeps in storage itself) to the storage folder.
+    """
+
+    def __init__(self, storage, storage_uri: str) -> None:  # Ray's StorageContext, and the sweep's --storage_path
+        import pyarrow.fs
+
+        self.fs = storage.storage_filesystem
+        self.path = "/".join([storage.trial_fs_path, RUN_DIR])
+        self.remote = not isinstance(self.fs, pyarrow.fs.LocalFileSystem)
+        self.out_dir = os.path.join(storage.trial_working_directory, RUN_DIR) if self.remote else self.path
+        self.uri = runs.join(storage_uri, storage.experiment_dir_name, storage.trial_dir_name)
+        self.experiment = storage.experiment_fs_path
+
+    def sync(self) -> None:
+        if not self.remote:
+            return
+        import pyarrow.fs
+
+        self.fs.create_dir(self.path, recursive=True)
+        for name in os.listdir(self.out_dir):
+            src = os.path.join(self.out_dir, name)
+            if os.path.isfile(src) and not name.startswith("."):
+                pyarrow.fs.copy_files(src, f"{self.path}/{name}", source_filesystem=pyarrow.fs.LocalFileSystem(),
+                                      destination_filesystem=self.fs)
+        best = runs.folder(self.out_dir, "best")
+        if os.path.isdir(best):
+            runs.upload_dir(best, self.fs, f"{self.path}/{runs.BEST_DIR}")
+
+    def copy_prepared(self, shared_dir: str) -> None:
+        """The driver's prepared files (vocabularies, image index) into out_dir, from storage."""
+        src = shared_dir
+        if self.remote:
+            src = os.path.join(os.path.dirname(self.out_dir), SHARED_DIR)
+            if not os.path.isdir(src):
+                runs.download_dir(self.fs, f"{self.experiment}/{SHARED_DIR}", src)
+        for name in os.listdir(src):
+            s, d = os.path.join(src, name), os.path.join(self.out_dir, name)
+            if os.path.isfile(s) and not os.path.exists(d) and name != config_mod.CONFIG_FILE:
+                shutil.copy(s, d)
+
+
+def _in_trial(values: dict[str, Any], shared_dir: str, out_dir: str) -> dict[str, Any]:
+    """Settings that name a prepared file point at the trial's own copy."""
+    prefix = shared_dir.rstrip("/") + "/"
+    return {k: out_dir + "/" + v[len(prefix):] if isinstance(v, str) and v.startswith(prefix) else v
+            for k, v in values.items()}
+
+
+def trainable(config: dict, *, workload: str, base: dict, shared_dir: str, storage: str, cpus: float,
+              gpus: float = 0.0, workers: int = 1) -> None:
     """One trial: the base Config with this trial's sampled values, trained by the shared loop."""
     import ray.tune as tune
     from tfcluster import workloads
@@ -130,16 +191,15 @@ def trainable(config: dict, *, workload: str, base: dict, shared_dir: str, cpus:
     if workers == 1:
         _limit_threads(cpus)
     wl = workloads.get(workload)
-    out_dir = os.path.join(tune.get_context().get_trial_dir(), RUN_DIR)
-    settings = {**base, **config, "out_dir": out_dir, "model_base_path": ""}
+    folder = TrialFolder(tune.get_context().get_storage(), storage)
+    out_dir = folder.out_dir
+    settings = {**_in_trial(base, shared_dir, out_dir), **config, "out_dir": out_dir, "model_base_path": ""}
     if workers > 1:
-        settings.update(num_workers=workers, cpus_per_worker=cpus / workers, use_gpu=gpus > 0)
+        settings.update(num_workers=workers, cpus_per_worker=cpus / workers, use_gpu=gpus > 0,
+                        storage_path=runs.join(folder.uri, "ray"))
     cfg = config_mod.build(wl.config, settings, "trial config")
     os.makedirs(out_dir, exist_ok=True)
-    for name in os.listdir(shared_dir):  # prepared files (vocabularies, image index)
-        src, dst = os.path.join(shared_dir, name), os.path.join(out_dir, name)
-        if os.path.isfile(src) and not os.path.exists(dst) and name != config_mod.CONFIG_FILE:
-            shutil.copy(src, dst)
+    folder.copy_prepared(shared_dir)
     cfg = wl.prepare(cfg)
     config_mod.save(cfg)
     checkpoint = tune.get_checkpoint()
@@ -152,6 +212,7 @@ def trainable(config: dict, *, workload: str, base: dict, shared_dir: str, cpus:
         if ckpt is None:  # stats-only points carry no eval metric: report eval points only
             return
         values = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        folder.sync()
         if not isinstance(ckpt, str):
             with ckpt.as_directory() as d:
                 tune.report(values, checkpoint=tune.Checkpoint.from_directory(d))
@@ -164,6 +225,7 @@ def trainable(config: dict, *, workload: str, base: dict, shared_dir: str, cpus:
         _train_workers(workload, cfg, gpus / workers, report)
     else:
         run_loop(lambda strategy: wl.task(cfg, strategy, WorkerContext()), cfg, WorkerContext(), report)
+    folder.sync()
 
 
 def _train_workers(workload: str, cfg: Any, gpus_per_worker: float, report) -> None:
@@ -195,8 +257,7 @@ def _train_workers(workload: str, cfg: Any, gpus_per_worker: float, report) -> N
         train_loop_config={"workload": workload, "config": config_mod.to_dict(cfg)},
         scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=gpus_per_worker > 0,
                                      resources_per_worker=per_worker),
-        run_config=driver.run_config(cfg, "train", storage_path=os.path.join(os.path.dirname(cfg.out_dir), "ray"),
-                                     callbacks=[Relay(queue)]),
+        run_config=driver.run_config(cfg, "train", callbacks=[Relay(queue)]),
     )
     outcome: dict[str, Any] = {}
 
@@ -223,22 +284,24 @@ def _train_workers(workload: str, cfg: Any, gpus_per_worker: float, report) -> N
     result = outcome.get("result")
     if result is not None and result.error is not None:
         raise RuntimeError(f"trial training failed: {result.error}")
+    # the chief kept best/ in the Train run's storage: make it the trial's (it may have run on another node)
+    driver.fetch_best(cfg, *runs.storage_fs(runs.join(runs.storage_root(cfg), "train")),
+                      result.checkpoint if result is not None else None)
 
 
 FINISHED = "finished"  # an RL result's flag: the trial reached its budget or solved the env
 
 
-def rl_trainable(algo_cls: type, base: dict[str, Any], metric: str, mode: str, cpus: float) -> type:
+def rl_trainable(algo_cls: type, base: dict[str, Any], metric: str, mode: str, cpus: float, storage: str) -> type:
     """The workload's Algorithm as a trial: the base settings with the sampled ones, its out_dir
-    in the trial folder with config.json and the best checkpoint by the sweep's metric in
-    out_dir/best (what --export_best exports)."""
-    from tfcluster import runs
+    in the trial's storage folder with config.json and the best checkpoint by the sweep's
+    metric in out_dir/best (what --export_best exports)."""
 
     class Trial(algo_cls):
         def setup(self, config: dict) -> None:
             _limit_threads(cpus)
-            trial_dir = self._storage.trial_fs_path if self._storage else self.logdir
-            out_dir = os.path.join(trial_dir, RUN_DIR)
+            self.folder = TrialFolder(self._storage, storage) if self._storage else None
+            out_dir = self.folder.out_dir if self.folder else os.path.join(self.logdir, RUN_DIR)
             super().setup({**base, **config, "out_dir": out_dir, "model_base_path": ""})
             os.makedirs(out_dir, exist_ok=True)
             config_mod.save(self.cfg)
@@ -249,11 +312,14 @@ def rl_trainable(algo_cls: type, base: dict[str, Any], metric: str, mode: str, c
             result["step"] = self.env_steps
             result[FINISHED] = bool(result.get("done"))
             value = result.get(metric)
-            if isinstance(value, (int, float)) and runs.is_better(float(value), self.sweep_best, mode):
+            improved = isinstance(value, (int, float)) and runs.is_better(float(value), self.sweep_best, mode)
+            if improved:
                 self.sweep_best = float(value)
                 best_dir = runs.folder(self.cfg.out_dir, "best")
                 os.makedirs(best_dir, exist_ok=True)
                 self.save_checkpoint(best_dir)
+            if self.folder is not None and (improved or result[FINISHED] or self.iteration % 10 == 0):
+                self.folder.sync()
             return result
 
         def extra_state(self) -> dict:
@@ -327,9 +393,19 @@ def _metric_series(result, metric: str) -> tuple[list[int], list[float]]:
     return [int(x) for x in df["training_iteration"]], [float(x) for x in df[metric]]
 
 
-def summarize(grid, sc: SweepConfig, metric: str, mode: str, exp_dir: str, sampled: list[str],
-              total_steps=None) -> dict[str, Any]:
-    """Write results.csv, best_config.json and the plot; print the table; return the best trial's row."""
+def _read_json(uri_or_path: str) -> dict[str, Any]:
+    fs, path = runs.storage_fs(uri_or_path)
+    with fs.open_input_stream(path) as f:
+        return json.loads(f.read())
+
+
+def summarize(grid, sc: SweepConfig, metric: str, mode: str, exp: str, sampled: list[str],
+              total_steps=None, local_dir: str | None = None) -> dict[str, Any]:
+    """Write results.csv, best_config.json and the plot into the experiment `exp` (a path or URI; the
+    files are written in `local_dir` first when it is a URI); print the table; return the best trial's
+    row, whose out_dir is the trial's run folder in storage."""
+    exp_dir = local_dir or exp
+    os.makedirs(exp_dir, exist_ok=True)
     rows: list[dict[str, Any]] = []
     series: dict[str, tuple[list[int], list[float]]] = {}
     for result in grid:
@@ -345,7 +421,8 @@ def summarize(grid, sc: SweepConfig, metric: str, mode: str, exp_dir: str, sampl
         rows.append({"trial": trial_id, "status": status, "iterations": len(its),
                      "step": last_step, metric: best,
                      f"last_{metric}": vals[-1] if vals else float("nan"),
-                     **{k: cfg.get(k) for k in sampled}, "out_dir": os.path.join(trial_dir, RUN_DIR)})
+                     **{k: cfg.get(k) for k in sampled},
+                     "out_dir": runs.join(exp, os.path.basename(trial_dir.rstrip("/")), RUN_DIR)})
         series[trial_id] = (its, vals)
     rows.sort(key=lambda r: r["trial"])
     cols = list(rows[0]) if rows else ["trial"]
@@ -358,8 +435,7 @@ def summarize(grid, sc: SweepConfig, metric: str, mode: str, exp_dir: str, sampl
     plot_path = plot(series, metric, os.path.join(exp_dir, f"{metric.replace('/', '_')}.png"))
     print_table(rows, metric, sampled)
     if best_row is not None:
-        with open(os.path.join(best_row["out_dir"], config_mod.CONFIG_FILE)) as f:
-            full = json.load(f)
+        full = _read_json(runs.join(best_row["out_dir"], config_mod.CONFIG_FILE))
         best = {"trial": best_row["trial"], "metric": metric, "mode": mode, "value": best_row[metric],
                 "config": {k: best_row[k] for k in sampled}, "full_config": full, "out_dir": best_row["out_dir"]}
         with open(os.path.join(exp_dir, "best_config.json"), "w") as f:
@@ -367,7 +443,15 @@ def summarize(grid, sc: SweepConfig, metric: str, mode: str, exp_dir: str, sampl
             f.write("\n")
         print(f"# best trial {best_row['trial']}: {metric} {best_row[metric]:.4g} with "
               + ", ".join(f"{k}={best_row[k]!r}" for k in sampled), flush=True)
-    print(f"# results {os.path.join(exp_dir, 'results.csv')}, plot {plot_path}", flush=True)
+    if exp_dir != exp:
+        import pyarrow.fs
+
+        fs, path = runs.storage_fs(exp)
+        for name in os.listdir(exp_dir):
+            if os.path.isfile(os.path.join(exp_dir, name)):
+                pyarrow.fs.copy_files(os.path.join(exp_dir, name), f"{path}/{name}", destination_filesystem=fs)
+    print(f"# results {runs.join(exp, 'results.csv')}, plot {runs.join(exp, os.path.basename(plot_path))}",
+          flush=True)
     return best_row or {}
 
 
@@ -451,7 +535,10 @@ def run(sc: SweepConfig, cfg: Any, explicit: dict[str, Any]) -> dict[str, Any]:
         raise UserError("--metric and --mode are required for this workload")
     name = sc.name or f"{sc.workload}-{time.strftime('%Y%m%d-%H%M%S')}"
     storage = config_mod.abs_path(sc.storage_path)
-    exp_dir = os.path.join(storage, name)
+    exp = runs.join(storage, name)  # where Tune keeps the experiment: its trials' run folders too
+    remote = "://" in storage
+    # the driver's own files: in the experiment folder, or a local copy that is uploaded (URI storage)
+    exp_dir = os.path.join(tempfile.gettempdir(), "tfcluster-sweeps", name) if remote else exp
 
     cfg = config_mod.absolute_paths(cfg)  # trials run in their own folders
     base = config_mod.to_dict(cfg)
@@ -464,11 +551,13 @@ def run(sc: SweepConfig, cfg: Any, explicit: dict[str, Any]) -> dict[str, Any]:
     # validate flags and build shared files once, before any trial
     prepared = wl.prepare(config_mod.build(wl.config, {**base, "out_dir": shared}))
     base.update({k: v for k, v in config_mod.to_dict(prepared).items() if k != "out_dir"})
+    if remote:  # trials on other nodes copy them from storage
+        runs.upload_dir(shared, *runs.storage_fs(runs.join(exp, SHARED_DIR)))
     trials = trials_of(wl)
     max_t, total_steps = trials.plan(sc, base, space, explicit, shared)
     base["model_base_path"] = ""
     base["address"] = ""
-    print(f"# sweep {sc.workload}: {sc.num_samples} trials, {sc.scheduler}/{sc.search}, {metric} ({mode}) in {exp_dir}",
+    print(f"# sweep {sc.workload}: {sc.num_samples} trials, {sc.scheduler}/{sc.search}, {metric} ({mode}) in {exp}",
           flush=True)
     print("# search space\n" + "\n".join(f"  {k}: {json.dumps(v)}" for k, v in sorted(space.items())), flush=True)
 
@@ -478,12 +567,12 @@ def run(sc: SweepConfig, cfg: Any, explicit: dict[str, Any]) -> dict[str, Any]:
     fn, max_concurrent, checkpoints = trials.trainable(sc, base, metric, mode, shared, fits, max_concurrent)
     param_space = spaces.tune_space(space)
     run_cfg = tune.RunConfig(name=name, storage_path=storage, verbose=1, checkpoint_config=checkpoints)
-    if sc.resume and tune.Tuner.can_restore(exp_dir):
-        print(f"# resuming {exp_dir}", flush=True)
-        tuner = tune.Tuner.restore(exp_dir, trainable=fn, resume_unfinished=True, resume_errored=True)
+    if sc.resume and tune.Tuner.can_restore(exp):
+        print(f"# resuming {exp}", flush=True)
+        tuner = tune.Tuner.restore(exp, trainable=fn, resume_unfinished=True, resume_errored=True)
     else:
         if sc.resume:
-            print(f"# nothing to resume in {exp_dir}; starting it", flush=True)
+            print(f"# nothing to resume in {exp}; starting it", flush=True)
         tuner = tune.Tuner(
             fn,
             param_space=param_space,
@@ -496,15 +585,29 @@ def run(sc: SweepConfig, cfg: Any, explicit: dict[str, Any]) -> dict[str, Any]:
             run_config=run_cfg,
         )
     grid = tuner.fit()
-    best = summarize(grid, sc, metric, mode, exp_dir, sampled, total_steps)
-    out: dict[str, Any] = {"best": best, "experiment": exp_dir, "results": os.path.join(exp_dir, "results.csv")}
+    best = summarize(grid, sc, metric, mode, exp, sampled, total_steps, local_dir=exp_dir if remote else None)
+    out: dict[str, Any] = {"best": best, "experiment": exp, "results": runs.join(exp, "results.csv")}
     if sc.export_best:
         if not best:
             raise UserError("no trial reported the metric; nothing to export")
-        best_cfg = config_mod.load(wl.config, best["out_dir"])
-        best_cfg = dataclasses.replace(best_cfg, model_base_path=cfg.model_base_path)
-        out["export_path"] = runs.export(wl, best_cfg, "best")
+        out["export_path"] = export_trial(wl, best["out_dir"], cfg.model_base_path)
     return out
+
+
+def export_trial(wl, run_folder: str, model_base_path: str) -> str | None:
+    """Export a trial's best checkpoint from its run folder in storage (a path or URI)."""
+    if "://" not in run_folder:
+        best_cfg = config_mod.load(wl.config, run_folder)
+        return runs.export(wl, dataclasses.replace(best_cfg, model_base_path=model_base_path), "best")
+    with tempfile.TemporaryDirectory(prefix="tfcluster-trial-") as local:
+        if not runs.download_dir(*runs.storage_fs(run_folder), local):
+            raise UserError(f"no trial run folder at {run_folder}")
+        saved = _read_json(runs.join(run_folder, config_mod.CONFIG_FILE))
+        # the trial worked in its node's scratch folder: its files are here now
+        values = _in_trial(saved, saved["out_dir"], local)
+        best_cfg = config_mod.build(wl.config, {**values, "out_dir": local, "model_base_path": model_base_path},
+                                    "trial config")
+        return runs.export(wl, best_cfg, "best")
 
 
 class LoopTrials:
@@ -542,7 +645,7 @@ class LoopTrials:
 
         workers = sc.workers_per_trial
         fn = tune.with_parameters(trainable, workload=self.wl.name, base=base, shared_dir=shared,
-                                  cpus=sc.cpus_per_trial, gpus=sc.gpus_per_trial, workers=workers)
+                                  storage=config_mod.abs_path(sc.storage_path), cpus=sc.cpus_per_trial, gpus=sc.gpus_per_trial, workers=workers)
         if workers > 1:  # the trial only drives its Ray Train run: a little memory, no CPU (the workers hold those)
             fn = tune.with_resources(fn, {"cpu": 0, "memory": DRIVER_MEMORY})
             max_concurrent = max_concurrent or fits
@@ -576,8 +679,9 @@ class AlgorithmTrials:
         runners = [{"CPU": base["num_cpus_per_env_runner"]}] * int(base.get("num_env_runners", 0))
         if sc.gpus_per_trial:
             base["use_gpu"] = True
-        fn = tune.with_resources(rl_trainable(self.wl.algorithm, base, metric, mode, sc.cpus_per_trial),
-                                 PlacementGroupFactory([learner, *runners]))
+        fn = tune.with_resources(rl_trainable(self.wl.algorithm, base, metric, mode, sc.cpus_per_trial,
+                                              config_mod.abs_path(sc.storage_path)),
+                                 PlacementGroupFactory([learner, *runners], strategy="SPREAD"))
         checkpoints = tune.CheckpointConfig(num_to_keep=4 if sc.scheduler == "pbt" else 2, checkpoint_frequency=1,
                                             checkpoint_at_end=True)
         return fn, max_concurrent, checkpoints

@@ -339,7 +339,8 @@ class DQN(Algorithm):
         self.train_step = make_train_step(self.online, self.target, self.optimizer, cfg, obs_spec)
         self.runners = EnvRunnerGroup(cfg.env, cfg.env_config, functools.partial(QPolicy, spec), seed=cfg.seed,
                                       num_env_runners=cfg.num_env_runners if cfg.is_train else 0,
-                                      num_cpus_per_env_runner=cfg.num_cpus_per_env_runner)
+                                      num_cpus_per_env_runner=cfg.num_cpus_per_env_runner,
+                                      restart_failed_env_runners=cfg.restart_failed_env_runners)
         if cfg.is_train:
             self.memory = replay.ReplayMemory(cfg.memory_size, frame_shape, obs_space.dtype, history, seed=cfg.seed)
         self.updates = 0

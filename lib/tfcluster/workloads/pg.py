@@ -198,7 +198,8 @@ class PG(Algorithm):
         cfg = self.cfg
         self.runners = EnvRunnerGroup(cfg.env, {}, policy_fn(cfg.head), seed=cfg.seed,
                                       num_env_runners=cfg.num_env_runners if cfg.is_train else 0,
-                                      num_cpus_per_env_runner=cfg.num_cpus_per_env_runner)
+                                      num_cpus_per_env_runner=cfg.num_cpus_per_env_runner,
+                                      restart_failed_env_runners=cfg.restart_failed_env_runners)
         env = self.runners.local.env
         self.obs_dim = int(np.prod(env.observation_space.shape))
         self.num_actions = int(env.action_space.n)
