@@ -164,6 +164,16 @@ def guard_placement_group_cleaner() -> bool:
         return False
 
     def is_actor_alive(actor_id: str, timeout: int) -> bool:
+        # Ask the GCS this actor is connected to (the State API guesses the cluster, and with two Ray
+        # instances on a machine it logs "Found multiple active Ray instances" at every call).
+        try:
+            from ray._private import state as gcs_state
+
+            info = gcs_state.actors(actor_id=actor_id)
+            if info:
+                return info.get("State") != "DEAD"
+        except Exception:  # noqa: BLE001 - an unknown answer is "alive"; fall back to the State API
+            pass
         state = state_util.get_actor(actor_id, timeout=timeout)
         return state is None or state.state != "DEAD"
 
