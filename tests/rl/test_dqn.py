@@ -43,8 +43,8 @@ def test_return_rises_on_cartpole_and_export_matches(tmp_path, tf_serving_run):
         before = algo.evaluate_policy(5)["evaluation/env_runners/episode_return_mean"]
         r = algo.train()
         after = algo.evaluate_policy(5)["evaluation/env_runners/episode_return_mean"]
-        assert r["env_runners/num_env_steps_sampled_lifetime"] == 3000
-        assert r["learners/default_policy/num_module_steps_trained_lifetime"] == 2500
+        assert r["env_runners"]["num_env_steps_sampled_lifetime"] == 3000
+        assert r["learners"]["default_policy"]["num_module_steps_trained_lifetime"] == 2500
         assert after > before + 30, (before, after)
 
         path = dqn.export(algo.policy_weights(), algo.cfg, str(tmp_path))

@@ -29,8 +29,8 @@ def test_return_rises_on_cartpole(algo):
     first = algo.train()  # 20 updates x 5 episodes
     for _ in range(2):
         last = algo.train()
-    assert first["env_runners/num_episodes_lifetime"] == 100
-    assert last["env_runners/episode_return_mean"] > first["env_runners/episode_return_mean"] + 10
+    assert first["env_runners"]["num_episodes_lifetime"] == 100
+    assert last["env_runners"]["episode_return_mean"] > first["env_runners"]["episode_return_mean"] + 10
 
 
 def test_save_restore_round_trip(algo, tmp_path):
@@ -77,6 +77,6 @@ def test_runs_with_a_remote_env_runner(ray_local):
     try:
         r = a.train()
         assert a.runners.num_remote == 1
-        assert r["env_runners/num_episodes_lifetime"] == 10 and r["env_runners/num_env_steps_sampled_lifetime"] > 10
+        assert r["env_runners"]["num_episodes_lifetime"] == 10 and r["env_runners"]["num_env_steps_sampled_lifetime"] > 10
     finally:
         a.stop()

@@ -172,7 +172,7 @@ def test_rl_env_runners_spread_over_nodes_and_a_lost_one_is_replaced(three_nodes
             algo.train()
         restarted_at = algo.env_steps
         results = [algo.train() for _ in range(2)]  # and training goes on with the replacement
-        assert results[-1]["env_runners/num_env_runner_restarts"] == 1
+        assert results[-1]["env_runners"]["num_env_runner_restarts"] == 1
         assert algo.env_steps >= restarted_at + 2 * 400 > before
         after = algo.runners.node_ids()
         assert after[0] != nodes[0] and after[1] == nodes[1] and len(set(after)) == 2, (nodes, after)

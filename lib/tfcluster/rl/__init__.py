@@ -1,7 +1,8 @@
 """Reinforcement learning on Ray: env wrappers (registered with RLlib), replay memory, env runners.
 
     from tfcluster.rl import register_envs, DQNConfig, PGConfig
-    register_envs()                         # tfcluster/CartPole-v0, -v1, tfcluster/Breakout, ...
+    register_envs()                         # tfcluster/CartPole-v0, -v1, tfcluster/Breakout, ...; RLlib models
+                                            # tfcluster_dqn, tfcluster_pg; Tune trainables tfcluster_DQN/_PG
     algo = DQNConfig().environment("CartPole-v1").build()
     print(algo.train()["env_runners/episode_return_mean"])
 
@@ -20,9 +21,14 @@ PRESETS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 
 def register_envs() -> list[str]:
+    """RLlib and Tune see tfcluster's envs (tfcluster/CartPole-v1, tfcluster/Breakout, ...), its networks
+    (models tfcluster_dqn, tfcluster_pg) and its algorithms (trainables tfcluster_DQN, tfcluster_PG)."""
     from tfcluster.rl.envs import register_envs as _register
 
     return _register()
+
+
+register_rllib = register_envs
 
 
 def preset_path(workload: str, env: str | None) -> str:

@@ -3,12 +3,15 @@
     from tfcluster.rl import DQNConfig
     algo = (DQNConfig().environment("CartPole-v1").training(double_q=True)
             .env_runners(num_env_runners=2).build())
-    result = algo.train()              # {"env_runners/episode_return_mean": ..., ...}
-    algo.save("/tmp/ckpt"); algo.restore("/tmp/ckpt")
+    result = algo.train()              # RLlib's layout: result["env_runners"]["episode_return_mean"], ...
+    algo.save("/tmp/ckpt"); algo.restore("/tmp/ckpt"); DQN.from_checkpoint("/tmp/ckpt")
     tune.Tuner(DQN, param_space=DQNConfig().training(...).to_dict())   # a Ray Tune trainable
 
 `Algorithm` is a `ray.tune.Trainable` (as RLlib's is): `step()` runs one iteration and
-returns results under RLlib's names; `save_checkpoint` / `load_checkpoint` keep the
+returns results under RLlib's names, flat ("env_runners/episode_return_mean", as
+metrics.jsonl and Tune's metric names have them); `train()` returns them nested as RLlib
+does (`result["env_runners"]["episode_return_mean"]`, `result["learners"]["default_policy"]`,
+`result["num_env_steps_sampled_lifetime"]`); `save_checkpoint` / `load_checkpoint` keep the
 weights, optimizer state and counters (not the replay memory, as RLlib by default).
 `run(...)` is what `jobs/train_<workload>.py` calls: it trains until solved or out of
 budget, writes metrics.jsonl, keeps the last and the best checkpoint and exports.
@@ -21,6 +24,7 @@ import dataclasses
 import json
 import math
 import os
+import sys
 import time
 from typing import Any, Literal
 
@@ -34,6 +38,7 @@ from tfcluster.errors import UserError
 from tfcluster.runs import BEST_DIR, CKPT_DIR
 
 RESULT_PREFIXES = ("env_runners/", "learners/", "evaluation/", "perf/")
+RESULT_KEYS = tuple(p.rstrip("/") for p in RESULT_PREFIXES)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -60,7 +65,10 @@ class RLConfig(RunConfig):
     display: bool = False
     """Write one greedy episode as out_dir/episode-<step>.gif (there is no screen)."""
     test_episodes: int = 10
-    """Episodes per evaluation (the --is_train false run and the final evaluation)."""
+    """Episodes per evaluation (every --t_test steps, and the --is_train false run)."""
+    final_test_episodes: int = 100
+    """Held-out episodes (seeds training never used) the exported policy plays at the end of every run,
+    reported as evaluation/final/...; and the episodes that must confirm a solve by evaluation."""
 
     def check_rl(self) -> None:
         from tfcluster.rl import envs
@@ -71,28 +79,56 @@ class RLConfig(RunConfig):
             raise ValueError(f"--num_env_runners must be 0 or more, got {self.num_env_runners}")
         if self.metrics_num_episodes_for_smoothing < 1:
             raise ValueError("--metrics_num_episodes_for_smoothing must be at least 1")
-        if self.test_episodes < 0:
-            raise ValueError("--test_episodes must be 0 or more")
+        if self.test_episodes < 0 or self.final_test_episodes < 0:
+            raise ValueError("--test_episodes and --final_test_episodes must be 0 or more")
 
 
 class AlgorithmConfig:
-    """RLlib-style builder over a workload's frozen Config: chained setters, `.build()`."""
+    """RLlib-style builder over a workload's frozen Config: chained setters, `.build()`.
+
+    Every setter takes tfcluster's flag names and RLlib's names for the same settings
+    (`RLLIB_NAMES`; the README has the table): `lr`, `gamma`, `num_gpus_per_learner`,
+    `evaluation_duration`, and per algorithm more (`DQNConfig`: `train_batch_size`,
+    `target_network_update_freq`, `num_steps_sampled_before_learning_starts`, `epsilon`
+    schedules, ...). Settings that depend on others (`evaluation_interval` in iterations,
+    `epsilon` as an absolute-step schedule) are resolved in `to_config`, after the preset.
+    """
 
     config_cls: type = RLConfig
     algo_cls: type | None = None
+    # RLlib name -> tfcluster field (same value)
+    RLLIB_NAMES: dict[str, str] = {"lr": "learning_rate", "gamma": "discount", "evaluation_duration": "test_episodes"}
+    # RLlib names resolved in to_config (they need the other settings)
+    RLLIB_DEFERRED: frozenset[str] = frozenset({"num_gpus_per_learner"})
+    RLLIB_REFUSED: dict[str, str] = {}
 
     def __init__(self, **values: Any):
-        self._values: dict[str, Any] = dict(values)
+        self._values: dict[str, Any] = {}
+        self._rllib: dict[str, Any] = {}
+        self._set(**values)
 
     def _set(self, **kw: Any) -> "AlgorithmConfig":
         names = {f.name for f in dataclasses.fields(self.config_cls)}
         for k, v in kw.items():
             if v is None:
                 continue
+            if k in self.RLLIB_REFUSED:
+                raise UserError(f"{type(self).__name__}: {k!r} has no counterpart here: {self.RLLIB_REFUSED[k]}")
+            if k in self.RLLIB_DEFERRED:
+                self._rllib[k] = v
+                continue
+            k = self.RLLIB_NAMES.get(k, k)
             if k not in names:
                 raise UserError(f"{type(self).__name__}: unknown setting {k!r}")
             self._values[k] = v
         return self
+
+    def resolve_rllib(self, values: dict[str, Any]) -> dict[str, Any]:
+        """Settings given under RLlib's deferred names, as tfcluster fields (after preset and flags)."""
+        out: dict[str, Any] = {}
+        if "num_gpus_per_learner" in self._rllib:
+            out["use_gpu"] = float(self._rllib["num_gpus_per_learner"]) > 0
+        return out
 
     def environment(self, env: str | None = None, *, env_config: dict | None = None) -> "AlgorithmConfig":
         """The env name (with or without the `tfcluster/` prefix) and wrapper settings."""
@@ -109,8 +145,23 @@ class AlgorithmConfig:
     def fault_tolerance(self, *, restart_failed_env_runners: bool | None = None) -> "AlgorithmConfig":
         return self._set(restart_failed_env_runners=restart_failed_env_runners)
 
-    def learners(self, *, num_gpus_per_learner: int | None = None) -> "AlgorithmConfig":
-        return self._set(use_gpu=None if num_gpus_per_learner is None else num_gpus_per_learner > 0)
+    def learners(self, *, num_gpus_per_learner: float | None = None) -> "AlgorithmConfig":
+        return self._set(num_gpus_per_learner=num_gpus_per_learner)
+
+    def evaluation(self, *, evaluation_interval: int | None = None, evaluation_duration: int | None = None,
+                   evaluation_duration_unit: str = "episodes") -> "AlgorithmConfig":
+        if evaluation_duration_unit != "episodes":
+            raise UserError(f"{type(self).__name__}: evaluation_duration_unit must be 'episodes'")
+        return self._set(evaluation_interval=evaluation_interval, evaluation_duration=evaluation_duration)
+
+    def exploration(self, *, exploration_config: dict | None = None, explore: bool | None = None) -> "AlgorithmConfig":
+        """RLlib's old-stack exploration settings (EpsilonGreedy's initial/final epsilon, epsilon_timesteps)."""
+        return self._set(exploration_config=exploration_config)
+
+    def framework(self, framework: str | None = None, **_: Any) -> "AlgorithmConfig":
+        if framework not in (None, "tf2", "tf"):
+            raise UserError(f"{type(self).__name__} is TensorFlow: framework must be 'tf2', got {framework!r}")
+        return self
 
     def debugging(self, *, seed: int | None = None) -> "AlgorithmConfig":
         return self._set(seed=seed)
@@ -127,7 +178,11 @@ class AlgorithmConfig:
 
         env = self._values.get("env", getattr(self.config_cls, "env", None))
         base = presets_for(self.config_cls, env)
-        return config_mod.build(self.config_cls, {**base, **self._values}, type(self).__name__)
+        defaults = {f.name: f.default for f in dataclasses.fields(self.config_cls)
+                    if f.default is not dataclasses.MISSING}
+        values = {**base, **self._values}
+        values.update(self.resolve_rllib({**defaults, **values}))
+        return config_mod.build(self.config_cls, values, type(self).__name__)
 
     def to_dict(self) -> dict[str, Any]:
         return config_mod.to_dict(self.to_config())
@@ -147,6 +202,10 @@ class Algorithm(Trainable):
     def setup(self, config: dict) -> None:
         cfg = config_mod.build(self.config_cls, config, type(self).__name__)
         self.cfg = cfg
+        if "ray.rllib" in sys.modules:  # an RLlib import may have switched eager execution off
+            from tfcluster.rl.rllib import keep_tf2
+
+            keep_tf2()
         if cfg.num_env_runners > 0:
             runs.init_ray(cfg.address)
         import keras
@@ -166,6 +225,26 @@ class Algorithm(Trainable):
 
     def build_learner(self) -> None:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def train(self) -> dict[str, Any]:
+        """One training iteration, in RLlib's nested result layout (`flat(result)` gives step()'s keys)."""
+        return nested(super().train())
+
+    @classmethod
+    def from_checkpoint(cls, checkpoint: Any, **overrides: Any) -> "Algorithm":
+        """A new algorithm with the config and state of a checkpoint folder (or `ray.tune.Checkpoint`, or
+        what `save()` returned), as RLlib's `Algorithm.from_checkpoint`; `overrides` change settings
+        (e.g. num_env_runners=0)."""
+        checkpoint = getattr(checkpoint, "checkpoint", checkpoint)
+        path = getattr(checkpoint, "path", checkpoint)
+        state_file = os.path.join(path, "state.json")
+        if not os.path.exists(state_file):
+            raise UserError(f"no {cls.__name__} checkpoint in {path} (state.json missing)")
+        with open(state_file) as f:
+            saved = json.load(f)["config"]
+        algo = cls(config={**saved, **overrides})
+        algo.restore(path)
+        return algo
 
     # ---------------------------------------------------------------- episode bookkeeping
     def record_episodes(self, returns: list[float], lens: list[int]) -> bool:
@@ -197,12 +276,21 @@ class Algorithm(Trainable):
         return getattr(spec, "reward_threshold", None)
 
     def record_evaluation(self, result: dict[str, float]) -> bool:
-        """With solve_metric evaluation: True when the evaluation mean first reaches the threshold."""
+        """With solve_metric evaluation: True when the evaluation mean first reaches the threshold and
+        --final_test_episodes held-out episodes confirm it (one lucky short evaluation does not end a run);
+        the confirmation's mean goes into `result` as evaluation/confirm/..."""
         mean = result.get("evaluation/env_runners/episode_return_mean")
         if (self.cfg.solve_metric == "evaluation" and self.threshold and self.solved_at is None
                 and mean is not None and mean >= self.threshold):
-            self.solved_at = {"episodes": self.num_episodes, "env_steps": self.env_steps,
-                              "seconds": time.time() - self.wall_start}
+            confirmed = mean
+            if self.cfg.final_test_episodes > 0:
+                check = self.evaluate_policy(self.cfg.final_test_episodes, held_out=True)
+                confirmed = check["evaluation/env_runners/episode_return_mean"]
+                result["evaluation/confirm/episode_return_mean"] = confirmed
+                result["evaluation/confirm/num_episodes"] = self.cfg.final_test_episodes
+            if confirmed >= self.threshold:
+                self.solved_at = {"episodes": self.num_episodes, "env_steps": self.env_steps,
+                                  "seconds": time.time() - self.wall_start}
         return self.solved_at is not None
 
     def is_solved(self) -> bool:
@@ -277,11 +365,16 @@ class Algorithm(Trainable):
 
     eval_explore: float = 0.0  # epsilon (DQN) or sampling (PG, 1.0) during evaluation
 
-    def evaluate_policy(self, episodes: int, display: bool = False) -> dict[str, float]:
-        """`evaluation/...` returns over `episodes` fresh episodes; with `display`, the first as a GIF."""
+    HELD_OUT_SEED = 1_000_000  # seeds from seed + this on are never used by training or periodic evaluation
+
+    def evaluate_policy(self, episodes: int, display: bool = False, held_out: bool = False) -> dict[str, float]:
+        """`evaluation/...` returns over `episodes` fresh episodes; with `display`, the first as a GIF;
+        `held_out`: on seeds reserved for final checks."""
         if episodes <= 0 and not display:
             return {}
-        out = self.runners.local.evaluate(self.policy_weights(), max(episodes, 1), self.eval_explore, record=display)
+        seed = self.cfg.seed + (self.HELD_OUT_SEED if held_out else 10_000)
+        out = self.runners.local.evaluate(self.policy_weights(), max(episodes, 1), self.eval_explore, record=display,
+                                          seed=seed)
         r = np.asarray(out["episode_returns"])
         res = {"evaluation/env_runners/episode_return_mean": float(r.mean()),
                "evaluation/env_runners/episode_return_min": float(r.min()),
@@ -307,6 +400,46 @@ class Algorithm(Trainable):
 
 
 # -------------------------------------------------------------------- helpers for the jobs
+
+
+def nested(result: dict[str, Any]) -> dict[str, Any]:
+    """RLlib's layout of a flat result: "env_runners/episode_return_mean" -> ["env_runners"]["episode_return_mean"],
+    and the lifetime counters at the top as RLlib has them too."""
+    out: dict[str, Any] = {}
+    for key, value in result.items():
+        if key.startswith(RESULT_PREFIXES):
+            *parents, leaf = key.split("/")
+            node = out
+            for p in parents:
+                node = node.setdefault(p, {})
+            node[leaf] = value
+        else:
+            out[key] = value
+    runners = out.get("env_runners", {})
+    for name in ("num_env_steps_sampled_lifetime", "num_episodes_lifetime"):
+        if name in runners:
+            out[name] = runners[name]
+    return out
+
+
+def flat(result: dict[str, Any]) -> dict[str, Any]:
+    """The flat keys of a `nested` result (what step() returned, and metrics.jsonl keeps)."""
+
+    def walk(prefix: str, node: dict[str, Any], out: dict[str, Any]) -> dict[str, Any]:
+        for k, v in node.items():
+            if isinstance(v, dict):
+                walk(f"{prefix}{k}/", v, out)
+            else:
+                out[prefix + k] = v
+        return out
+
+    out: dict[str, Any] = {}
+    for key, value in result.items():
+        if key in RESULT_KEYS and isinstance(value, dict):
+            walk(f"{key}/", value, out)
+        elif key not in ("num_env_steps_sampled_lifetime", "num_episodes_lifetime"):
+            out[key] = value
+    return out
 
 
 def write_gif(frames: list[np.ndarray], path: str, fps: int = 30) -> str:
@@ -377,7 +510,7 @@ def run(wl: Any, cfg: Any) -> dict[str, Any]:
     result: dict[str, Any] = {}
     try:
         while True:
-            result = algo.train()
+            result = flat(algo.train())
             rec = {k: v for k, v in result.items() if k.startswith(RESULT_PREFIXES) and isinstance(v, (int, float))}
             rec["training_iteration"] = result["training_iteration"]
             writer.write(int(result["env_runners/num_env_steps_sampled_lifetime"]), rec)
@@ -388,9 +521,15 @@ def run(wl: Any, cfg: Any) -> dict[str, Any]:
                 algo.save(best_dir)
             if result.get("done"):
                 break
-        final = algo.evaluate_policy(cfg.test_episodes, cfg.display)
-        if final:  # the last record holds the training and the evaluation returns
+        # The exported policy (best/), on held-out episodes: what a user of the model gets.
+        algo.set_policy_weights(policy_weights_from(cfg.out_dir, "best"))
+        final = algo.evaluate_policy(cfg.final_test_episodes, cfg.display, held_out=True)
+        final = {k.replace("evaluation/env_runners/", "evaluation/final/"): v for k, v in final.items()}
+        if final:  # the last record holds the training and the final evaluation returns
             writer.write(int(result["env_runners/num_env_steps_sampled_lifetime"]), {**rec, **final})
+            result.update(final)
+            print(f"# exported policy on {cfg.final_test_episodes} held-out episodes: mean return "
+                  f"{final['evaluation/final/episode_return_mean']:.1f}", flush=True)
         path = runs.export(wl, cfg, "best")
         if path:
             result["export_path"] = path

@@ -203,12 +203,18 @@ def history_length(env: gym.Env) -> int:
 
 def register_envs() -> list[str]:
     """Register tfcluster/CartPole-v0, tfcluster/CartPole-v1 and tfcluster/<Game> for every ALE game
-    with `ray.tune.registry.register_env`, so RLlib algorithms train on exactly these tasks."""
+    with `ray.tune.registry.register_env`, so RLlib algorithms train on exactly these tasks; also
+    tfcluster's networks as RLlib models and its algorithms as Tune trainables (`tfcluster.rl.rllib`).
+    Returns the env names."""
     from ray.tune.registry import register_env
+
+    from tfcluster.rl import rllib
 
     names = [f"{PREFIX}{v}" for v in CARTPOLE]
     for rom in atari_games():
         names.append(PREFIX + "".join(p.capitalize() for p in rom.split("_")))
     for n in names:
         register_env(n, lambda env_config, _n=n: make_env(_n, **dict(env_config or {})))
+    rllib.register_models()
+    rllib.register_trainables()
     return names

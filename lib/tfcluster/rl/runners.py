@@ -127,17 +127,20 @@ class EnvRunner:
 
         return ray.get_runtime_context().get_node_id()
 
-    def evaluate(self, weights: list | None, num_episodes: int, explore: float, record: bool = False) -> dict[str, Any]:
-        """Returns of `num_episodes` episodes on a separate env copy (greedy when `explore` is 0),
-        and the rendered frames of the first episode when `record`."""
+    def evaluate(self, weights: list | None, num_episodes: int, explore: float, record: bool = False,
+                 seed: int | None = None) -> dict[str, Any]:
+        """Returns of `num_episodes` episodes on a separate env copy (greedy when `explore` is 0), episode i
+        seeded `seed + i` (default: this runner's seed + 10,000), and the rendered frames of the first
+        episode when `record`."""
         if weights is not None:
             self.policy.set_weights(weights)
         if self._eval_env is None:
             self._eval_env = make_env(self._env_name, **self._env_config)
-        env, rng = self._eval_env, np.random.default_rng(self.seed + 10_000)
+        base = self.seed + 10_000 if seed is None else int(seed)
+        env, rng = self._eval_env, np.random.default_rng(base)
         returns, frames = [], []
         for i in range(num_episodes):
-            obs, _ = env.reset(seed=self.seed + 10_000 + i)
+            obs, _ = env.reset(seed=base + i)
             total = 0.0
             if record and i == 0:
                 frames.append(env.render())

@@ -183,9 +183,13 @@ def target_q(rewards, terminated, discount: float, next_q_target, next_q_online=
 
 # ---------------------------------------------------------------------------------- Q-network
 def build_q_network(obs_shape: tuple[int, ...], obs_dtype: str, num_actions: int, header: str,
-                    hidden_sizes: tuple[int, ...] = (64, 64), dueling: bool = False):
-    """Q(s, .) [B, A]. Conv headers scale uint8 frames [H, W, history] to [0, 1] first."""
-    import keras
+                    hidden_sizes: tuple[int, ...] = (64, 64), dueling: bool = False, keras_module: Any = None):
+    """Q(s, .) [B, A]. Conv headers scale uint8 frames [H, W, history] to [0, 1] first. `keras_module`:
+    another Keras to build it with (RLlib's TF policies use `tf.keras`, Keras 2); default Keras 3."""
+    if keras_module is None:
+        import keras
+    else:
+        keras = keras_module
 
     x = keras.Input(obs_shape, dtype=obs_dtype, name="observation")
     h = x
@@ -206,7 +210,13 @@ def build_q_network(obs_shape: tuple[int, ...], obs_dtype: str, num_actions: int
     if dueling:
         v = keras.layers.Dense(1, name="value")(h)
         a = keras.layers.Dense(num_actions, name="advantage")(h)
-        q = v + a - keras.ops.mean(a, axis=1, keepdims=True)
+        if hasattr(keras, "ops"):
+            mean = keras.ops.mean(a, axis=1, keepdims=True)
+        else:  # Keras 2: a TF op on its symbolic tensors
+            import tensorflow as tf
+
+            mean = tf.reduce_mean(a, axis=1, keepdims=True)
+        q = v + a - mean
     else:
         q = keras.layers.Dense(num_actions, name="q")(h)
     return keras.Model(x, q, name=f"dqn_{header}")
@@ -417,10 +427,43 @@ class DQN(Algorithm):
 
 
 class DQNConfig(AlgorithmConfig):
-    """`DQNConfig().environment("CartPole-v1").training(double_q=True).env_runners(num_env_runners=2).build()`"""
+    """`DQNConfig().environment("CartPole-v1").training(double_q=True).env_runners(num_env_runners=2).build()`
+
+    RLlib's names work too: `.training(lr=1e-3, gamma=0.99, train_batch_size=64,
+    target_network_update_freq=500, num_steps_sampled_before_learning_starts=1000,
+    epsilon=[(0, 1.0), (10000, 0.02)], replay_buffer_config={"capacity": 50000})`.
+    """
 
     config_cls = Config
     algo_cls = DQN
+    RLLIB_NAMES = {**AlgorithmConfig.RLLIB_NAMES, "train_batch_size": "batch_size",
+                   "target_network_update_freq": "t_target_q_update_freq",
+                   "num_steps_sampled_before_learning_starts": "t_learn_start"}
+    RLLIB_DEFERRED = AlgorithmConfig.RLLIB_DEFERRED | {"epsilon", "exploration_config", "evaluation_interval",
+                                                       "replay_buffer_config"}
+
+    def resolve_rllib(self, values: dict[str, Any]) -> dict[str, Any]:
+        out = super().resolve_rllib(values)
+        r = self._rllib
+        learn_start = int(values["t_learn_start"])
+        if "epsilon" in r:  # RLlib: [(env_step, epsilon), ...], linear in between; or one number
+            schedule = r["epsilon"]
+            if isinstance(schedule, (int, float)):
+                out.update(ep_start=float(schedule), ep_end=float(schedule))
+            else:
+                (t0, e0), (t1, e1) = schedule[0], schedule[-1]
+                out.update(ep_start=float(e0), ep_end=float(e1), t_ep_end=max(1, int(t1) - max(int(t0), learn_start)))
+        ex = r.get("exploration_config") or {}
+        for key, field in (("initial_epsilon", "ep_start"), ("final_epsilon", "ep_end"),
+                           ("epsilon_timesteps", "t_ep_end")):
+            if key in ex:
+                out[field] = ex[key]
+        if "evaluation_interval" in r:  # RLlib: training iterations between evaluations
+            out["t_test"] = int(r["evaluation_interval"] or 0) * int(values["steps_per_stats"])
+        capacity = (r.get("replay_buffer_config") or {}).get("capacity")
+        if capacity:
+            out["memory_size"] = int(capacity)
+        return out
 
 
 

@@ -108,9 +108,13 @@ def resolve_head(head: str, num_actions: int) -> str:
     return head
 
 
-def build_model(obs_dim: int, num_actions: int, hidden_units: int, head: str):
-    """The book's network; outputs logits (1 for the sigmoid head, num_actions for softmax)."""
-    import keras
+def build_model(obs_dim: int, num_actions: int, hidden_units: int, head: str, keras_module: Any = None):
+    """The book's network; outputs logits (1 for the sigmoid head, num_actions for softmax). `keras_module`:
+    another Keras to build it with (RLlib's TF policies use `tf.keras`, Keras 2); default Keras 3."""
+    if keras_module is None:
+        import keras
+    else:
+        keras = keras_module
 
     x = keras.Input((obs_dim,), name="observation")
     h = keras.layers.Dense(hidden_units, activation="relu", use_bias=False,
@@ -261,6 +265,8 @@ class PGConfig(AlgorithmConfig):
 
     config_cls = Config
     algo_cls = PG
+    RLLIB_REFUSED = {"train_batch_size": "REINFORCE updates on whole episodes; set batch_episodes",
+                     "evaluation_interval": "PG evaluates once, at the end (evaluation_duration episodes)"}
 
 
 
