@@ -89,6 +89,7 @@ class ReplayMemory:
         self.valid = np.zeros(capacity, bool)
         self.hist = np.zeros(capacity, np.uint8)
         self.total = 0  # entries ever added; the newest is at (total - 1) % capacity
+        self._ready = False  # a complete transition has been stored (sample() checks once)
         self.rng = np.random.default_rng(seed)
 
     @property
@@ -134,8 +135,12 @@ class ReplayMemory:
 
     def sample(self, batch_size: int) -> tuple[np.ndarray, ...]:
         """A uniform batch of valid transitions."""
-        if self.num_sampleable() == 0:
-            raise ValueError("the replay memory holds no complete transition yet")
+        # Once one complete transition is stored there always is one (the memory only adds and
+        # overwrites whole fragments); scanning the whole memory at every step cost O(capacity).
+        if not self._ready:
+            if self.num_sampleable() == 0:
+                raise ValueError("the replay memory holds no complete transition yet")
+            self._ready = True
         chosen: list[np.ndarray] = []
         need = batch_size
         while need > 0:
