@@ -4,23 +4,32 @@
 #
 #   docker build -f docker/train.Dockerfile -t tfcluster/train:0.1.0 .
 #   docker build -f docker/train.Dockerfile --build-arg VARIANT=gpu -t tfcluster/train:0.1.0-gpu .
+#   make image                                     # docker, else podman
+#   make image BASE_IMAGE=localhost/debian:bookworm   # offline: a local base with its own python3.11
 #
-# Python packages come from requirements.lock (tensorflow 2.21.0, ray 2.60.0, ...), so the
-# image runs exactly the versions the tests run.
+# Python packages come from requirements-runtime.lock (the runtime part of requirements.lock:
+# tensorflow 2.21.0, ray 2.60.0, ...; no test tools), so the image runs exactly the versions
+# the tests run.
 
 # -- versions ------------------------------------------------------------------------
 # cpu or gpu
 ARG VARIANT=cpu
 ARG UBUNTU_VERSION=22.04
+# The CPU variant's base. Any Debian/Ubuntu image; with PYTHON_SOURCE=system it must have
+# python3.11 and python3-venv (e.g. a debootstrapped Debian bookworm).
+ARG BASE_IMAGE=ubuntu:${UBUNTU_VERSION}
 # TensorFlow 2.21 is built against CUDA 12.5 and cuDNN 9 (tf.sysconfig.get_build_info()).
 ARG CUDA_VERSION=12.5.1
+# Where Python comes from: uv (a standalone CPython that uv downloads) or system (the base
+# image's own python3.11, for builds without access to uv's downloads).
+ARG PYTHON_SOURCE=uv
 ARG PYTHON_VERSION=3.11.14
 ARG UV_VERSION=0.9.26
 ARG TFCLUSTER_UID=1000
 
 FROM ghcr.io/astral-sh/uv:${UV_VERSION} AS uv
 
-FROM ubuntu:${UBUNTU_VERSION} AS base-cpu
+FROM ${BASE_IMAGE} AS base-cpu
 
 FROM nvidia/cuda:${CUDA_VERSION}-cudnn-runtime-ubuntu${UBUNTU_VERSION} AS base-gpu
 # Let TensorFlow use the cuDNN/CUDA libraries of the base image.
@@ -28,39 +37,56 @@ ENV NVIDIA_VISIBLE_DEVICES=all \
     NVIDIA_DRIVER_CAPABILITIES=compute,utility
 
 # -- the base both stages share: a few OS packages ------------------------------------
+# base-cpu or base-gpu, stages of this file (their images are tagged above).
+# hadolint ignore=DL3006
 FROM base-${VARIANT} AS base
 ENV DEBIAN_FRONTEND=noninteractive \
     LANG=C.UTF-8
 # wget: KubeRay's health probes call it; tini: signal handling and zombie reaping for `ray start --block`.
+# The OS packages follow the base image's release (its security updates); every Python package is pinned.
+# hadolint ignore=DL3008
 RUN apt-get update \
  && apt-get install -y --no-install-recommends ca-certificates wget tini \
  && apt-get clean \
  && rm -rf /var/lib/apt/lists/*
 
-# -- builder: a standalone CPython and a virtual environment with the locked packages ---
-FROM base AS builder
+# -- Python: /opt/venv on a standalone CPython (uv) or on the base image's python3.11 ---
+FROM base AS python-uv
 ARG PYTHON_VERSION
 COPY --from=uv /uv /usr/local/bin/uv
 ENV UV_PYTHON_INSTALL_DIR=/opt/python \
-    UV_COMPILE_BYTECODE=1 \
     UV_LINK_MODE=copy \
     UV_NO_CACHE=1
 RUN uv python install "${PYTHON_VERSION}" \
- && uv venv --python "${PYTHON_VERSION}" /opt/venv
+ && uv venv --seed --python "${PYTHON_VERSION}" /opt/venv
+
+FROM base AS python-system
+RUN python3.11 -m venv /opt/venv
+
+# -- builder: the locked runtime packages and tfcluster into /opt/venv -------------------
+# python-uv or python-system, stages of this file.
+# hadolint ignore=DL3006
+FROM python-${PYTHON_SOURCE} AS builder
+# A CA bundle mounted for this build only (podman build -v), where the registries' HTTPS needs it.
+ARG PIP_CERT
+ENV PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
-COPY requirements.lock ./
-RUN uv pip install --python /opt/venv/bin/python -r requirements.lock
+COPY requirements-runtime.lock ./
+RUN /opt/venv/bin/python -m pip install -r requirements-runtime.lock
 COPY pyproject.toml README.md ./
 COPY lib/ lib/
-RUN uv pip install --python /opt/venv/bin/python --no-deps .
+RUN /opt/venv/bin/python -m pip install --no-deps --no-build-isolation . \
+ && mkdir -p /opt/python
 
 # -- runtime ----------------------------------------------------------------------------
 FROM base AS runtime
 ARG TFCLUSTER_UID
 RUN groupadd --gid "${TFCLUSTER_UID}" ray \
  && useradd --uid "${TFCLUSTER_UID}" --gid "${TFCLUSTER_UID}" --create-home --shell /bin/bash ray \
- && mkdir -p /mnt/models /mnt/work \
- && chown ray:ray /mnt/models /mnt/work
+ && mkdir -p /mnt/models /mnt/work /mnt/storage \
+ && chown ray:ray /mnt/models /mnt/work /mnt/storage
+# /opt/python: uv's CPython (empty with PYTHON_SOURCE=system, where the base has python3.11)
 COPY --from=builder /opt/python /opt/python
 COPY --from=builder /opt/venv /opt/venv
 # /app is the Ray jobs' working_dir: `python jobs/train_nmt.py ...` runs from here.
