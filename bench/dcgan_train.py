@@ -10,7 +10,12 @@ Adam 2e-4 / 0.5) at 64x64, batch 64, on the same tf.data pipeline (anime faces 9
     workers run it (one worker; perf/images_per_s of the steady-state window);
   * keras: the keras.io "DCGAN overriding train_step" pattern, `GAN.fit`, timed by a
     callback from the end of the first (tracing) batch to the end of the last.
-Rounds alternate which side goes first; the medians are compared. GFLOP/s uses
+Rounds alternate which side goes first; the medians are compared.
+
+Input at compute speed (`--what pipeline`, also in the default run): the real job's steady-state
+images/s (run_loop with the cached folder pipeline, the window after the first epoch's cache fill)
+against the very same Task's step fed one batch that already sits on the device (no input
+pipeline at all), in the same process; goal >= 0.95x. GFLOP/s uses
 `dcgan.train_step_flops` (2 x multiply-adds, backward = 2 x forward) and is set against
 a fp32 matmul peak measured in the same run. Prints one JSON object.
 """
@@ -71,6 +76,39 @@ def tfcluster_images_per_s(cfg, steps: int, work: str) -> float:
     c = dcgan.prepare(c)
     metrics = run_loop(lambda s: dcgan.Task(c, s), c)
     return float(metrics["perf/images_per_s"])
+
+
+def pipeline_vs_device(cfg, steps: int, work: str) -> tuple[float, float]:
+    """(images/s of the real job in its last `steps`-step window, images/s of the same Task's step on one
+    batch already on the device)."""
+    import tensorflow as tf
+
+    from tfcluster.train.loop import run_loop
+    from tfcluster.workloads import dcgan
+
+    out = tempfile.mkdtemp(dir=work)
+    c = dataclasses.replace(cfg, out_dir=out, train_size=(3 * steps + 1) * cfg.batch_size, epoch=1,
+                            steps_per_stats=steps, steps_per_external_eval=0, sample_every=10**9)
+    c = dcgan.prepare(c)
+    job = float(run_loop(lambda s: dcgan.Task(c, s), c)["perf/images_per_s"])  # the last window: cache warm
+
+    strategy = tf.distribute.get_strategy()
+    with strategy.scope():
+        task = dcgan.Task(c, strategy)
+    batch = next(iter(task.dataset(tf.distribute.InputContext())))
+    batch = tuple(tf.identity(x) for x in batch)  # on the device, outside any pipeline
+
+    @tf.function
+    def step():
+        return task.replica_step(batch)
+
+    step()  # trace
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        out_ = step()
+    float(next(iter(out_.values())).numpy())
+    device = steps * c.batch_size / (time.perf_counter() - t0)
+    return job, device
 
 
 def keras_images_per_s(cfg, steps: int) -> float:
@@ -139,6 +177,11 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=8, help="timed steps per measurement (after one warm-up step)")
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--out", default="", help="also write the JSON here")
+    p.add_argument("--what", choices=["all", "pipeline"], default="all",
+                   help="pipeline: only the real job against the on-device batch")
+    p.add_argument("--pipeline_steps", type=int, default=20, help="steps per timed window of --what pipeline")
+    p.add_argument("--cache_images", default="auto", choices=["auto", "memory", "disk", "none"],
+                   help="the job's image cache (none: decode every epoch, as before the cache)")
     a = p.parse_args(argv)
 
     import tensorflow as tf
@@ -151,7 +194,22 @@ def main(argv=None) -> int:
         data_dir, dataset, source = work, "synthetic", "generated 96x96 JPEGs"
         synthetic_folder(os.path.join(work, dataset))
     cfg = dcgan.Config(dataset=dataset, data_dir=data_dir, input_height=96, output_height=a.size, crop=True,
-                       batch_size=a.batch_size, g_steps_per_d=a.g_steps_per_d, swd_images=64, out_dir=work)
+                       batch_size=a.batch_size, g_steps_per_d=a.g_steps_per_d, swd_images=64, out_dir=work,
+                       cache_images=a.cache_images)
+    jobs, devices = [], []
+    for r in range(a.rounds):
+        job, device = pipeline_vs_device(cfg, a.pipeline_steps, work)
+        jobs.append(job), devices.append(device)
+        print(f"# round {r}: real job {job:.2f} images/s, on-device batch {device:.2f} images/s", file=sys.stderr, flush=True)
+    pipeline = {"real_job_images_per_s": [round(x, 2) for x in jobs],
+                "on_device_images_per_s": [round(x, 2) for x in devices],
+                "ratio": round(statistics.median(jobs) / statistics.median(devices), 3), "goal_ratio": 0.95,
+                "cache": cfg.cache_images, "timed_steps": a.pipeline_steps}
+    if a.what == "pipeline":
+        emit({"benchmark": "dcgan_input_pipeline", "data": source, "image_size": a.size, "batch_size": a.batch_size,
+              "g_steps_per_d": a.g_steps_per_d, "pipeline": pipeline, "cpu_count": os.cpu_count(),
+              "load_average": os.getloadavg()}, a.out)
+        return 0
     peak = matmul_peak_gflops()
     tfc, ker = [], []
     for r in range(a.rounds):
@@ -180,6 +238,7 @@ def main(argv=None) -> int:
         "keras_gflop_per_s": round(k * flops / 1e9, 1),
         "matmul_peak_gflop_per_s": round(peak, 1),
         "tfcluster_fraction_of_peak": round(t * flops / 1e9 / peak, 3),
+        "pipeline": pipeline,
         "cpu_count": os.cpu_count(),
         "load_average": os.getloadavg(),
         "tensorflow": tf.__version__,

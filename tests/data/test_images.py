@@ -165,3 +165,42 @@ def test_array_dataset_scales_and_resizes():
     assert out[0].shape == (16, 16, 1)
     np.testing.assert_allclose(out[0], -1.0, atol=1e-5)
     np.testing.assert_allclose(out[1], 1.0, atol=1e-5)
+
+
+def _sorted_means(arrays):
+    return sorted(round(float(a.mean()), 3) for a in arrays)
+
+
+@pytest.mark.parametrize("where", ["memory", "disk"])
+def test_cached_images_are_decoded_once(tmp_path, where):
+    """After the first epoch the pipeline reads its cache, not the files: with every file deleted it goes
+    on yielding the same images (uint8 in the cache: within one grey level of the uncached ones)."""
+    root = _write_folder(str(tmp_path / "faces"), n=6)
+    files = images.scan_folder(os.path.join(root, "*.jpg")).files
+    kw = dict(channels=3, input_height=20, input_width=20, output_height=16, output_width=16, crop=True)
+    plain = list(images.folder_dataset(files, shuffle=False, **kw).as_numpy_iterator())
+    prefix = "" if where == "memory" else str(tmp_path / "cache" / "images")
+    if prefix:
+        os.makedirs(os.path.dirname(prefix))
+    it = images.folder_dataset(files, shuffle=True, seed=1, cache=prefix, **kw).as_numpy_iterator()
+    first = [next(it) for _ in range(len(files))]  # the first epoch fills the cache
+    for f in files:
+        os.remove(f)
+    later = [next(it) for _ in range(3 * len(files))]
+    assert len(later) == 18 and all(x.shape == (16, 16, 3) and x.dtype == np.float32 for x in later)
+    assert _sorted_means(later[:6]) == _sorted_means(first)  # each epoch: the same images, reshuffled
+    for a, b in zip(sorted(first, key=lambda x: x.mean()), sorted(plain, key=lambda x: x.mean())):
+        assert np.abs(a - b).max() <= 1.0 / 127.5 + 1e-6
+    if prefix:  # a new run over the same file cache needs no file at all
+        again = images.folder_dataset(files, shuffle=True, seed=2, cache=prefix, **kw).as_numpy_iterator()
+        assert _sorted_means([next(again) for _ in range(6)]) == _sorted_means(first)
+
+
+def test_cache_plan_memory_when_it_fits_else_a_file_cache(tmp_path):
+    assert images.cache_plan(1000, 64, 64, 3, str(tmp_path), "k") == ("", 1001)
+    prefix, buffer = images.cache_plan(1000, 64, 64, 3, str(tmp_path), "k", (2, 1), memory_fraction=0.0)
+    assert prefix == str(tmp_path / "images-k-64x64x3-shard1of2") and buffer == 501
+    open(prefix + "_0.lockfile", "w").close()  # an interrupted run's lock and half-written cache
+    open(prefix + ".data-00000-of-00001", "w").close()
+    assert images.cache_plan(1000, 64, 64, 3, str(tmp_path), "k", (2, 1), memory_fraction=0.0)[0] == prefix
+    assert not os.listdir(tmp_path)

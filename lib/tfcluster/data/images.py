@@ -145,17 +145,30 @@ def read_index(path: str) -> FolderIndex:
     return FolderIndex(files=tuple(lines[1:]), channels=int(head["channels"]), skipped=int(head["skipped"]))
 
 
+def to_uint8_image(x):
+    """float32 [-1, 1] -> uint8 [0, 255], rounded (what the cache stores; `to_unit_range` inverts it)."""
+    import tensorflow as tf
+
+    return tf.cast(tf.round((tf.clip_by_value(x, -1.0, 1.0) + 1.0) * 127.5), tf.uint8)
+
+
 def folder_dataset(files, *, channels: int, input_height: int, input_width: int, output_height: int,
                    output_width: int, crop: bool, shuffle: bool = True, seed: int = 0, num_shards: int = 1,
-                   shard: int = 0):
-    """Unbatched float32 images [oh, ow, channels] in [-1, 1] from the files of `shard` (repeated when shuffled)."""
+                   shard: int = 0, cache: str | None = None, shuffle_buffer: int = 0):
+    """Unbatched float32 images [oh, ow, channels] in [-1, 1] from the files of `shard` (repeated when shuffled).
+
+    `cache` (shuffled pipelines): None decodes every file every epoch; "" keeps the decoded, cropped,
+    resized images in memory as uint8 after the first epoch; a path prefix keeps them in a file cache
+    there (one-time; a later run with the same prefix reads it). Shuffling then happens over the cached
+    images (`shuffle_buffer`, default all of them), so JPEG decoding and resizing leave the train step's
+    cores after the first epoch.
+    """
     import tensorflow as tf
 
     ds = tf.data.Dataset.from_tensor_slices(list(files))
     if num_shards > 1:
         ds = ds.shard(num_shards, shard)
-    if shuffle:
-        ds = ds.shuffle(len(files) // max(1, num_shards) + 1, seed=seed, reshuffle_each_iteration=True).repeat()
+    per_shard = len(files) // max(1, num_shards) + 1
 
     def load(path):
         img = _decode(tf.io.read_file(path), channels=channels)
@@ -163,9 +176,50 @@ def folder_dataset(files, *, channels: int, input_height: int, input_width: int,
                         output_width=output_width, crop=crop)
         return tf.ensure_shape(img, [output_height, output_width, channels])
 
+    if shuffle and cache is not None:
+        ds = ds.map(lambda p: to_uint8_image(load(p)), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        ds = ds.ignore_errors().cache(cache)
+        ds = ds.shuffle(shuffle_buffer or per_shard, seed=seed, reshuffle_each_iteration=True).repeat()
+        return ds.map(to_unit_range, num_parallel_calls=tf.data.AUTOTUNE)
+    if shuffle:
+        ds = ds.shuffle(per_shard, seed=seed, reshuffle_each_iteration=True).repeat()
     # ignore_errors: a file that turned unreadable after the scan is skipped, not fatal.
     # deterministic: the same --seed gives the same batches in the same order, run after run.
     return ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).ignore_errors()
+
+
+def cache_plan(num_images: int, height: int, width: int, channels: int, folder: str, key: str,
+               shard: tuple[int, int] = (1, 0), memory_fraction: float = 0.2) -> tuple[str, int]:
+    """Where a folder pipeline caches its images: ("", all) in memory when the uint8 images and the
+    shuffle buffer over them fit in `memory_fraction` of the available memory, else a file-cache prefix
+    in `folder` named by `key` (the data's fingerprint) with a shuffle buffer of 10,000 images. Stale
+    lock files of an interrupted run are removed."""
+    import glob
+
+    per_shard = num_images // max(1, shard[0]) + 1
+    nbytes = per_shard * height * width * channels
+    if 2 * nbytes <= memory_fraction * available_memory():
+        return "", per_shard
+    os.makedirs(folder, exist_ok=True)
+    prefix = os.path.join(folder, f"images-{key}-{height}x{width}x{channels}-shard{shard[1]}of{shard[0]}")
+    for lock in glob.glob(prefix + "*.lockfile"):
+        os.remove(lock)
+    if glob.glob(prefix + "*") and not os.path.exists(prefix + ".index"):  # half-written: start again
+        for f in glob.glob(prefix + "*"):
+            os.remove(f)
+    return prefix, min(per_shard, 10_000)
+
+
+def available_memory() -> int:
+    """Bytes of memory available now (Linux MemAvailable; else a conservative 2 GiB)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 2 << 30
 
 
 # ---------------------------------------------------------------------------- MNIST

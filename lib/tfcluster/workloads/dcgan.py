@@ -59,6 +59,9 @@ class Config(LoopConfig):
     """Width of the generated images (pixels); 0: the same as --output_height."""
     crop: bool = False
     """Center-crop input_height x input_width, then resize to the output size; without it, resize the whole image."""
+    cache_images: Literal["auto", "memory", "disk", "none"] = "auto"
+    """Keep the decoded, cropped, resized images after the first epoch: in memory as uint8 (auto: when they
+    fit in a fifth of the available memory), else in a one-time file cache under out_dir/cache; none: decode every epoch."""
     c_dim: int = 0
     """Image channels; 0: from the data (the first image, as DCGAN-tensorflow; 1 for MNIST)."""
     epoch: int = 25

@@ -22,8 +22,10 @@ from tfcluster.train.loop import TaskBase
 from tfcluster.workloads.dcgan import (Config, _mnist_digits, folder_index, generator_plan, num_images, prepare,
                                       steps_per_epoch)
 
-def make_data(cfg: Config, shard: tuple[int, int] = (1, 0), *, shuffle: bool = True, seed: int | None = None):
-    """Unbatched float32 images [H, W, c_dim] in [-1, 1]: shard `shard[1]` of `shard[0]`, shuffled and repeated."""
+def make_data(cfg: Config, shard: tuple[int, int] = (1, 0), *, shuffle: bool = True, seed: int | None = None,
+              cache: bool = True):
+    """Unbatched float32 images [H, W, c_dim] in [-1, 1]: shard `shard[1]` of `shard[0]`, shuffled and repeated;
+    the training pipeline caches the decoded images (--cache_images), a one-off sample (`cache=False`) does not."""
     from tfcluster.data import images
 
     seed = cfg.seed if seed is None else seed
@@ -31,10 +33,23 @@ def make_data(cfg: Config, shard: tuple[int, int] = (1, 0), *, shuffle: bool = T
     if cfg.is_mnist:
         return images.array_dataset(_mnist_digits(cfg), output_height=cfg.output_height, output_width=cfg.output_width,
                                     shuffle=shuffle, seed=seed, num_shards=num_shards, shard=index)
+    files = folder_index(cfg).files
+    channels = cfg.c_dim or 3
+    cache, buffer = None, 0
+    if shuffle and cache and cfg.cache_images != "none":
+        import hashlib
+
+        key = hashlib.sha1("\n".join([*files, f"{cfg.input_height}x{cfg.input_width} crop={cfg.crop}"]).encode()).hexdigest()[:12]
+        cache, buffer = images.cache_plan(len(files), cfg.output_height, cfg.output_width, channels,
+                                          os.path.join(cfg.out_dir, "cache"), key, shard,
+                                          memory_fraction=1.0 if cfg.cache_images == "memory" else 0.2)
+        if cfg.cache_images == "disk" and cache == "":
+            cache, buffer = images.cache_plan(len(files), cfg.output_height, cfg.output_width, channels,
+                                              os.path.join(cfg.out_dir, "cache"), key, shard, memory_fraction=0.0)
     return images.folder_dataset(
-        folder_index(cfg).files, channels=cfg.c_dim or 3, input_height=cfg.input_height, input_width=cfg.input_width,
+        files, channels=channels, input_height=cfg.input_height, input_width=cfg.input_width,
         output_height=cfg.output_height, output_width=cfg.output_width, crop=cfg.crop, shuffle=shuffle, seed=seed,
-        num_shards=num_shards, shard=index)
+        num_shards=num_shards, shard=index, cache=cache, shuffle_buffer=buffer)
 
 
 def sample_z(shape, dist: str, seed):
@@ -306,7 +321,7 @@ def ensure_fid_classifier(cfg: Config, x=None, y=None) -> str:
 
 def real_images(cfg: Config, n: int) -> np.ndarray:
     """A fixed, seeded sample of up to `n` real training images, float32 [-1, 1], as the train pipeline makes them."""
-    ds = make_data(cfg, shuffle=True, seed=cfg.seed + 12345)
+    ds = make_data(cfg, shuffle=True, seed=cfg.seed + 12345, cache=False)
     n = min(n, num_images(cfg))
     return quantize(np.concatenate([b for b in ds.batch(256).take(math.ceil(n / 256)).as_numpy_iterator()])[:n])
 
