@@ -8,7 +8,7 @@ export KERAS_BACKEND := tensorflow
 export TF_CPP_MIN_LOG_LEVEL := 3
 export RAY_AUTH_MODE := token
 
-.PHONY: venv test demo ray-up ray-down bench image clean help
+.PHONY: venv test demo ray-up ray-down bench image results clean help
 
 help:
 	@echo "make demo      train NMT with ray job submit on a local Ray cluster, serve it, translate"
@@ -16,6 +16,7 @@ help:
 	@echo "make ray-up    start a local Ray head (127.0.0.1, token auth, dashboard :8265)"
 	@echo "make ray-down  stop it"
 	@echo "make bench     run the benchmarks (JSON under bench/results/)"
+	@echo "make results   rebuild the README's Results section from runs/ and bench/results/rl.json"
 	@echo "make image     build tfcluster/train:<version> with docker, else podman (BASE_IMAGE=... for a local base)"
 
 venv: $(STAMP)
@@ -54,6 +55,9 @@ bench: $(STAMP)
 	$(BIN)/python bench/serving.py
 	$(BIN)/python bench/rl.py --what all
 	$(BIN)/python bench/sweep.py --data $(DATA)/multi30k
+
+results: $(STAMP)
+	$(BIN)/python bench/results.py
 
 BASE_IMAGE ?=
 image: $(STAMP)

@@ -237,10 +237,10 @@ def train_dataset(
     ds = tf.data.Dataset.zip((text_dataset(src_path), text_dataset(tgt_path)))
     if num_shards > 1:
         ds = ds.shard(num_shards, shard_index)
-    ds = ds.cache().shuffle(shuffle_buffer or batch_size * 1000, seed=seed, reshuffle_each_iteration=True).repeat()
-
+    # Tokenized, truncated and mapped to ids once: the cache holds id vectors, later epochs only shuffle them.
     ds = ds.map(to_ids_fn(src_table, tgt_table, tokenizer, src_max_len, tgt_max_len), num_parallel_calls=tf.data.AUTOTUNE)
     ds = ds.filter(both_non_empty)
+    ds = ds.cache().shuffle(shuffle_buffer or batch_size * 1000, seed=seed, reshuffle_each_iteration=True).repeat()
 
     ds = ds.map(decoder_fields, num_parallel_calls=tf.data.AUTOTUNE)
     padded = dict(PADDED_FIELDS, drop_remainder=True)
