@@ -28,6 +28,23 @@ from typing import Any, Callable, Literal
 from tfcluster import contract
 
 
+def model_part(module: str, part: str) -> Callable[[str], Any]:
+    """A module `__getattr__` for a workload's light module: names it lacks (`nmt.Task`, `dcgan.export`)
+    come from its model part `part`, imported (with TensorFlow) on first use."""
+
+    def __getattr__(name: str) -> Any:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        import importlib
+
+        try:
+            return getattr(importlib.import_module(part), name)
+        except AttributeError:
+            raise AttributeError(f"module {module!r} has no attribute {name!r}") from None
+
+    return __getattr__
+
+
 def _identity(cfg: Any) -> Any:
     return cfg
 

@@ -30,7 +30,7 @@ from tfcluster import config as config_mod
 from tfcluster import contract
 from tfcluster.config import LoopConfig
 from tfcluster.tune import spaces
-from tfcluster.workloads.base import Workload
+from tfcluster.workloads.base import Workload, model_part
 
 # ============================================================================ Config
 
@@ -240,13 +240,5 @@ WORKLOAD = Workload(
 )
 
 
-def __getattr__(name: str):
-    """The model part's names (`dcgan.Task`, `dcgan.export_checkpoint`, ...), imported on first use."""
-    if name.startswith("__"):
-        raise AttributeError(name)
-    from tfcluster.workloads import dcgan_model
-
-    try:
-        return getattr(dcgan_model, name)
-    except AttributeError:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
+# The model part's names (`Task`, `export_checkpoint`, ...), imported on first use.
+__getattr__ = model_part(__name__, "tfcluster.workloads.dcgan_model")

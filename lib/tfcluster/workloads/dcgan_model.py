@@ -40,12 +40,9 @@ def make_data(cfg: Config, shard: tuple[int, int] = (1, 0), *, shuffle: bool = T
         import hashlib
 
         key = hashlib.sha1("\n".join([*files, f"{cfg.input_height}x{cfg.input_width} crop={cfg.crop}"]).encode()).hexdigest()[:12]
+        fraction = {"memory": 1.0, "disk": 0.0}.get(cfg.cache_images, 0.2)  # auto: a fifth of the free memory
         cache, buffer = images.cache_plan(len(files), cfg.output_height, cfg.output_width, channels,
-                                          os.path.join(cfg.out_dir, "cache"), key, shard,
-                                          memory_fraction=1.0 if cfg.cache_images == "memory" else 0.2)
-        if cfg.cache_images == "disk" and cache == "":
-            cache, buffer = images.cache_plan(len(files), cfg.output_height, cfg.output_width, channels,
-                                              os.path.join(cfg.out_dir, "cache"), key, shard, memory_fraction=0.0)
+                                          os.path.join(cfg.out_dir, "cache"), key, shard, memory_fraction=fraction)
     return images.folder_dataset(
         files, channels=channels, input_height=cfg.input_height, input_width=cfg.input_width,
         output_height=cfg.output_height, output_width=cfg.output_width, crop=cfg.crop, shuffle=shuffle, seed=seed,

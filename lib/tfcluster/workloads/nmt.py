@@ -26,7 +26,7 @@ from tfcluster.config import LoopConfig
 from tfcluster.data import text
 from tfcluster.errors import UserError
 from tfcluster.tune import spaces
-from tfcluster.workloads.base import Workload
+from tfcluster.workloads.base import Workload, model_part
 
 ATTENTIONS = ("", "luong", "scaled_luong", "bahdanau", "normed_bahdanau")
 
@@ -204,13 +204,5 @@ WORKLOAD = Workload(
 )
 
 
-def __getattr__(name: str):
-    """The model part's names (`nmt.Task`, `nmt.export_checkpoint`, ...), imported on first use."""
-    if name.startswith("__"):
-        raise AttributeError(name)
-    from tfcluster.workloads import nmt_model
-
-    try:
-        return getattr(nmt_model, name)
-    except AttributeError:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
+# The model part's names (`Task`, `export_checkpoint`, ...), imported on first use.
+__getattr__ = model_part(__name__, "tfcluster.workloads.nmt_model")
