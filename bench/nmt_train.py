@@ -8,6 +8,12 @@ tokenizer). The reference is what a Keras user writes: a functional model with
 `keras.layers.LSTM` and `keras.layers.Attention`, trained with `train_on_batch`.
 tfcluster's step is measured without input feeding (the goal: >= 1.0x) and with it (its cost).
 Without --data a synthetic corpus of the same shape is used. Prints JSON.
+
+Input at compute speed (`--what pipeline`): the real job's steady-state target tokens/s
+(`run_loop` with the `--hparams_path` preset's Task on its tf.data pipeline, which tokenizes and
+maps to ids once, caches, then shuffles, buckets and batches each epoch; the window after the
+first epoch) against the same Task's step on batches of that pipeline already on the device,
+cycled, in the same process; goal >= 0.95x.
 """
 
 from __future__ import annotations
@@ -46,6 +52,43 @@ def time_steps(step, data, warmup):
         step(b)
         tokens += int(b[4].sum())
     return tokens / (time.perf_counter() - t0)
+
+
+def pipeline_vs_device(cfg, window: int, work: str, num_batches: int = 48) -> tuple[float, float]:
+    """(tgt tokens/s of the real job in a `window`-step stats window after the first epoch, tgt tokens/s of
+    the same Task's step cycling `num_batches` of its batches already on the device)."""
+    import dataclasses
+
+    import tensorflow as tf
+
+    from tfcluster.data import text
+    from tfcluster.train.loop import WorkerContext, run_loop
+    from tfcluster.workloads import nmt
+
+    pairs = text.check_parallel(text.resolve(cfg.train_prefix, cfg.src), text.resolve(cfg.train_prefix, cfg.tgt))
+    epoch = -(-pairs // cfg.batch_size)
+    steps = window * (epoch // window + 2)  # the last window starts after the first epoch filled the cache
+    c = dataclasses.replace(cfg, out_dir=tempfile.mkdtemp(dir=work), num_train_steps=steps, steps_per_stats=window,
+                            steps_per_external_eval=10**9, dev_prefix="", test_prefix="", max_train_minutes=0.0,
+                            avg_ckpts=False)
+    job = float(run_loop(lambda s: nmt.Task(c, s, WorkerContext()), c)["perf/tgt_tokens_per_s"])
+
+    strategy = tf.distribute.get_strategy()
+    with strategy.scope():
+        task = nmt.Task(c, strategy, WorkerContext())
+    it = iter(task.dataset(tf.distribute.InputContext()))
+    on_device = [tuple(tf.identity(x) for x in next(it)) for _ in range(num_batches)]
+    spec = tuple(tf.TensorSpec([None] * len(x.shape), x.dtype) for x in on_device[0])
+
+    @tf.function(input_signature=[spec])
+    def step(batch):
+        return task.replica_step(batch)["predict_count"]
+
+    step(on_device[0])  # trace
+    tokens, t0 = 0.0, time.perf_counter()
+    for i in range(window):
+        tokens += float(step(on_device[i % num_batches]))
+    return job, tokens / (time.perf_counter() - t0)
 
 
 def tfcluster_step(cfg):
@@ -103,8 +146,14 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--num_units", type=int, default=128)
     ap.add_argument("--batch_size", type=int, default=128)
-    ap.add_argument("--out", default="bench/results/nmt_train.json")
+    ap.add_argument("--out", default="", help="default: bench/results/nmt_train.json (step), nmt_pipeline.json (pipeline)")
+    ap.add_argument("--what", choices=["step", "pipeline"], default="step",
+                    help="step: against plain Keras; pipeline: the real job against batches on the device")
+    ap.add_argument("--hparams_path", default="nmt_multi30k_en_de", help="--what pipeline: the preset to run")
+    ap.add_argument("--window", type=int, default=60, help="--what pipeline: steps per timed window")
+    ap.add_argument("--rounds", type=int, default=2, help="--what pipeline: measurements of each side")
     a = ap.parse_args()
+    a.out = a.out or f"bench/results/nmt_{'train' if a.what == 'step' else 'pipeline'}.json"
 
     from tfcluster.data import toy
     from tfcluster.workloads import nmt
@@ -114,6 +163,25 @@ def main() -> None:
         prefix, src, tgt, tok = os.path.join(a.data, "train"), "en", "de", "simple"
     else:
         prefix, src, tgt, tok = toy.write_corpus(os.path.join(work, "data"), vocab=False)["train"], "src", "tgt", "space"
+    if a.what == "pipeline":
+        import statistics
+
+        from tfcluster import config as config_mod
+
+        preset = config_mod.load_json(a.hparams_path)
+        cfg = nmt.prepare(config_mod.build(nmt.Config, {**preset, "src": src, "tgt": tgt, "tokenize": tok, "train_prefix": prefix,
+                                                        "out_dir": os.path.join(work, "run")}))
+        jobs, devices = [], []
+        for r in range(a.rounds):
+            job, device = pipeline_vs_device(cfg, a.window, work)
+            jobs.append(job), devices.append(device)
+            print(f"# round {r}: real job {job:.0f} tgt tokens/s, on-device batches {device:.0f}", file=sys.stderr, flush=True)
+        emit({"benchmark": "nmt_input_pipeline", "data": a.data or "synthetic", "preset": a.hparams_path,
+              "real_job_tgt_tokens_per_s": [round(x, 1) for x in jobs],
+              "on_device_tgt_tokens_per_s": [round(x, 1) for x in devices],
+              "ratio": round(statistics.median(jobs) / statistics.median(devices), 3), "goal_ratio": 0.95,
+              "window_steps": a.window, "cpus": os.cpu_count(), "load_avg_1m": os.getloadavg()[0]}, a.out)
+        return
     base = dict(src=src, tgt=tgt, train_prefix=prefix, tokenize=tok, vocab_size=8000, num_layers=2,
                 num_units=a.num_units, attention="luong", optimizer="adam", learning_rate=0.001,
                 batch_size=a.batch_size, dropout=0.0, out_dir=os.path.join(work, "run"))

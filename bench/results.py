@@ -98,11 +98,15 @@ def nmt_result(name: str, folder: str, cfg: dict, records: list[dict], docs: str
     test = series(records, "eval/test_bleu")
     png = plot([(dev[0], dev[1]), (test[0], test[1])], ["dev BLEU", "test BLEU"], "wall minutes", "BLEU",
                f"NMT {cfg['src']}->{cfg['tgt']}: BLEU against wall time", os.path.join(docs, f"{name}_bleu_minutes.png"))
-    best_dev = max(dev[1]) if dev[1] else float("nan")
-    last_test = test[1][-1] if test[1] else float("nan")
+    # The kept model (best/, what is exported) is the evaluation with the highest dev BLEU, the
+    # average of the last checkpoints (--avg_ckpts) included; the later one on a tie.
+    evals = [r for r in records if "eval/bleu" in r]
+    best = max(reversed(evals), key=lambda r: r["eval/bleu"]) if evals else {}
+    how = " (checkpoint average)" if "eval/avg_ckpts" in best else ""
     return {"workload": "NMT", "run": name, "data": os.path.basename(str(cfg.get("train_prefix", ""))),
             "minutes": round(minutes(records), 1),
-            "metric": f"dev BLEU {best_dev:.1f} (best), test BLEU {last_test:.1f}",
+            "metric": f"dev BLEU {best.get('eval/bleu', float('nan')):.1f}, test BLEU "
+                      f"{best.get('eval/test_bleu', float('nan')):.1f} at step {best.get('step', 0)}{how}",
             "published": PUBLISHED["nmt"], "pictures": [png]}
 
 

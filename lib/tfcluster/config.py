@@ -76,6 +76,13 @@ class LoopConfig(RunConfig):
     """Evaluate (BLEU, SWD, returns) and checkpoint every this many steps; 0: 10 x steps_per_stats (tensorflow/nmt)."""
     keep_checkpoint_max: int = 5
     """Checkpoints kept in out_dir/ckpt and in the run's storage (tensorflow/nmt: num_keep_ckpts 5)."""
+    max_train_minutes: float = 0.0
+    """Stop training after this many minutes of training wall time (evaluations included, summed over
+    restarts), with an evaluation and a checkpoint at that step; learning-rate decay then follows the
+    fraction of this budget used when it is ahead of the fraction of --num_train_steps. 0: no limit."""
+    avg_ckpts: bool = False
+    """At the end, also evaluate the average of the last --keep_checkpoint_max checkpoints' model weights;
+    it becomes best/ when it beats the best by the best metric (tensorflow/nmt's --avg_ckpts)."""
     storage_path: str = ""
     """Where Ray Train keeps the checkpoints the chief reports, and restarted or rerun workers restore from:
     a path every node sees (NFS, a shared volume) or a URI pyarrow understands (s3://, gs://); empty: out_dir/ray
@@ -89,6 +96,8 @@ class LoopConfig(RunConfig):
         super().check_run()
         if self.num_workers < 1:
             raise ValueError(f"--num_workers must be at least 1, got {self.num_workers}")
+        if self.max_train_minutes < 0:
+            raise ValueError(f"--max_train_minutes must be 0 (no limit) or more, got {self.max_train_minutes:g}")
 
 
 # ---------------------------------------------------------------------------- introspection

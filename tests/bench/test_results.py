@@ -24,7 +24,11 @@ def test_results_rebuilds_the_readme_section_from_run_folders(tmp_path):
     t0 = 1_800_000_000.0
     _run(str(runs / "nmt"), {"src": "en", "tgt": "de", "train_prefix": "/d/train"},
          [{"step": s, "time": t0 + 60 * m, "eval/bleu": b, "eval/test_bleu": b - 1}
-          for s, m, b in ((500, 10, 12.0), (1000, 20, 20.5), (1500, 30, 24.0))])
+          for s, m, b in ((500, 10, 12.0), (1000, 20, 24.0), (1500, 30, 23.0))])
+    _run(str(runs / "nmt_avg"), {"src": "en", "tgt": "de", "train_prefix": "/d/train"},
+         [{"step": 500, "time": t0, "eval/bleu": 20.0, "eval/test_bleu": 21.0},
+          {"step": 1000, "time": t0 + 60, "eval/bleu": 22.0, "eval/test_bleu": 23.0},
+          {"step": 1000, "time": t0 + 90, "eval/bleu": 22.5, "eval/test_bleu": 23.5, "eval/avg_ckpts": 2.0}])
     _run(str(runs / "faces"), {"gf_dim": 64, "dataset": "anime_faces"},
          [{"step": s, "time": t0 + s, "eval/swd": v} for s, v in ((100, 120.0), (200, 80.0), (300, 60.0))])
     samples = runs / "faces" / "samples"
@@ -44,11 +48,13 @@ def test_results_rebuilds_the_readme_section_from_run_folders(tmp_path):
     assert p.returncode == 0, p.stderr
     text = readme.read_text()
     assert "STALE-TABLE" not in text and text.endswith("<!-- results:end -->\n\n## Next\n")
-    assert "| NMT | train | `nmt` | 20.0 | dev BLEU 24.0 (best), test BLEU 23.0 |" in text
+    # The kept model's figures: the best dev BLEU (not the last evaluation), or the checkpoint average.
+    assert "| NMT | train | `nmt` | 20.0 | dev BLEU 24.0, test BLEU 23.0 at step 1000 |" in text
+    assert "| NMT | train | `nmt_avg` | 1.5 | dev BLEU 22.5, test BLEU 23.5 at step 1000 (checkpoint average) |" in text
     assert "| DCGAN | anime_faces | `faces` | 3.3 | eval/swd 120 -> 60 |" in text
     assert "| REINFORCE (tfcluster) | CartPole-v1 |" in text
     pngs = sorted(os.listdir(docs))
-    assert "nmt_bleu_minutes.png" in pngs and "faces_eval.png" in pngs and "faces_interpolation.png" in pngs
+    assert "nmt_bleu_minutes.png" in pngs and "nmt_avg_bleu_minutes.png" in pngs and "faces_eval.png" in pngs and "faces_interpolation.png" in pngs
     assert len([n for n in pngs if n.startswith("faces_samples_")]) == 4  # four points of the run
     assert all(os.path.getsize(docs / n) < 200 * 1024 for n in pngs)
     assert all(f"(docs/results/{n})" in text for n in pngs)

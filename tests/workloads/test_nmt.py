@@ -7,6 +7,7 @@ import sys
 
 import numpy as np
 import pytest
+import keras
 import tensorflow as tf
 
 from tfcluster import config as config_mod
@@ -29,6 +30,39 @@ def test_learning_rate_schedule_matches_tensorflow_nmt():
     # t2t warm-up: 1% of the rate at step 0, full rate at warmup_steps.
     assert lr(0, warmup_steps=100) == pytest.approx(0.01)
     assert lr(100, warmup_steps=100) == 1.0
+
+
+def test_decay_follows_the_time_budget_when_it_is_ahead_of_the_steps():
+    lr = lambda step, progress: float(nmt.learning_rate_at(step, 1.0, 1200, decay_scheme="luong234", progress=tf.constant(progress)))  # noqa: E731
+    # progress 0.75 of the time budget at step 100: the decay is where step 900 would have it.
+    assert lr(100, 0.75) == 0.5
+    assert lr(100, 1.0) == 0.0625  # all four halvings once the budget is used up
+    assert lr(1000, 0.1) == 0.25  # the step count, when it is ahead
+
+
+def test_label_smoothing_is_keras_categorical_crossentropy_with_smoothing():
+    rng = np.random.default_rng(0)
+    logits = tf.constant(rng.normal(size=(2, 3, 7)), tf.float32)
+    labels = tf.constant([[1, 4, 2], [3, 0, 0]], tf.int32)
+    lengths = tf.constant([3, 1])
+    plain, smoothed = nmt.training_loss_sums(logits, labels, lengths, 0.1)
+    cce = keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=0.1, reduction=None)
+    ref = cce(tf.one_hot(labels, 7), logits).numpy()
+    mask = np.array([[1, 1, 1], [1, 0, 0]], np.float32)
+    assert float(smoothed) == pytest.approx(float((ref * mask).sum()), rel=1e-5)
+    assert float(plain) == pytest.approx(float(nmt.masked_loss_sum(logits, labels, lengths)), rel=1e-6)
+    assert nmt.training_loss_sums(logits, labels, lengths, 0.0)[1] is not None
+
+
+def test_vocabulary_cut_off_turns_rare_words_into_unk(tmp_path):
+    (tmp_path / "t.en").write_text("a dog runs\na dog sleeps\na cat runs\n")
+    (tmp_path / "t.de").write_text("ein hund rennt\nein hund schläft\neine katze rennt\n")
+    cfg = nmt.prepare(nmt.Config(src="en", tgt="de", train_prefix=str(tmp_path / "t"), out_dir=str(tmp_path / "run"),
+                                 words_min_frequency=2))
+    assert open(cfg.vocab_files[0]).read().split() == ["<unk>", "<s>", "</s>", "a", "dog", "runs"]
+    assert open(cfg.vocab_files[1]).read().split() == ["<unk>", "<s>", "</s>", "ein", "hund", "rennt"]
+    with pytest.raises(ValueError, match="--words_min_frequency"):
+        nmt.Config(words_min_frequency=0)
 
 
 def test_length_penalty_is_gnmt():
@@ -120,16 +154,47 @@ def test_inference_input_file(trained, tmp_path):
     assert out.read_text().splitlines()[0] == "A_ DOG_ WALKS_"
 
 
-@pytest.mark.parametrize("attention,feeding,encoder", [("bahdanau", True, "bi"), ("normed_bahdanau", False, "uni"), ("luong", True, "uni"), ("", False, "bi")])
-def test_every_architecture_trains_and_decodes(tmp_path, attention, feeding, encoder):
+@pytest.mark.parametrize("attention,feeding,encoder,tied", [("bahdanau", True, "bi", False), ("normed_bahdanau", False, "uni", True),
+                                                             ("luong", True, "uni", False), ("", False, "bi", True)])
+def test_every_architecture_trains_and_decodes(tmp_path, attention, feeding, encoder, tied):
     p = toy.write_corpus(str(tmp_path / "data"), sizes={"train": 200, "dev": 8})
     cfg = nmt.prepare(nmt.Config(
         src="src", tgt="tgt", train_prefix=p["train"], dev_prefix=p["dev"], vocab_prefix=p["vocab"],
         out_dir=str(tmp_path / "run"), num_train_steps=4, steps_per_stats=2, num_units=8, attention=attention,
-        input_feeding=feeding, encoder_type=encoder, batch_size=8, beam_width=2,
+        input_feeding=feeding, encoder_type=encoder, batch_size=8, beam_width=2, share_decoder_embeddings=tied,
+        label_smoothing=0.1,
     ))
-    last = run_loop(lambda s: nmt.Task(cfg, s, WorkerContext()), cfg)
+    task = []
+    last = run_loop(lambda s: task.append(nmt.Task(cfg, s, WorkerContext())) or task[0], cfg)
     assert np.isfinite(last["train/loss"]) and "eval/bleu" in last
+    names = set(nmt.weights(task[0].model))
+    assert ("output_projection.kernel" in names) is not tied and "embedding_decoder.embeddings" in names
+
+
+def test_a_time_budget_stops_with_an_evaluation_and_averaging_picks_best(tmp_path):
+    """--max_train_minutes ends the run early, with an eval and a checkpoint at the stop step and the
+    decay run to its end; --avg_ckpts then evaluates the mean of the kept checkpoints' weights."""
+    p = toy.write_corpus(str(tmp_path / "data"), sizes={"train": 300, "dev": 8, "test": 8})
+    cfg = nmt.prepare(nmt.Config(
+        src="src", tgt="tgt", train_prefix=p["train"], dev_prefix=p["dev"], test_prefix=p["test"], vocab_prefix=p["vocab"],
+        out_dir=str(tmp_path / "run"), num_train_steps=100000, steps_per_stats=2, steps_per_external_eval=4,
+        num_units=8, batch_size=8, optimizer="adam", learning_rate=0.01, decay_scheme="luong234",
+        max_train_minutes=0.15, avg_ckpts=True, keep_checkpoint_max=3,
+    ))
+    run_loop(lambda s: nmt.Task(cfg, s, WorkerContext()), cfg)
+    records = read_metrics(cfg.out_dir)
+    stop = records[-1]["step"]
+    assert 4 < stop < 100000 and stop % 2 == 0
+    at_stop = [r for r in records if r["step"] == stop]
+    assert "eval/test_bleu" in at_stop[0] and at_stop[0]["train/lr"] == pytest.approx(0.01 / 16)
+    assert at_stop[-1]["eval/avg_ckpts"] == 3.0 and "eval/bleu" in at_stop[-1] and "best/eval/bleu" in at_stop[-1]
+    kept = sorted(tf.io.gfile.glob(os.path.join(cfg.out_dir, "ckpt", "ckpt-*.index")))[-3:]
+    key = "model/encoder_0..kernel/.ATTRIBUTES/VARIABLE_VALUE"
+    mean = np.mean([tf.train.load_checkpoint(k[:-len(".index")]).get_tensor(key) for k in kept], axis=0)
+    avg = tf.train.load_checkpoint(tf.train.latest_checkpoint(os.path.join(cfg.out_dir, "avg")))
+    np.testing.assert_allclose(avg.get_tensor(key), mean, rtol=1e-6)
+    # The same command again has nothing left to do.
+    assert run_loop(lambda s: nmt.Task(cfg, s, WorkerContext()), cfg) == {}
 
 
 def _job(*args, cwd=ROOT):

@@ -24,6 +24,8 @@ from tfcluster import runs
 from tfcluster.metrics import MetricsWriter
 from tfcluster.runs import BEST_DIR, CKPT_DIR
 
+AVG_DIR = "avg"  # --avg_ckpts: the averaged checkpoint
+
 FAIL_AT_STEP_ENV = "TFCLUSTER_FAIL_AT_STEP"  # fault injection for the restart test
 
 
@@ -52,10 +54,16 @@ class Task(Protocol):
     - `best_metric`: (name, "max"|"min") of the metric whose best checkpoint is kept, or None.
     - `after_restore()`: re-apply settings a checkpoint overwrote (a learning rate held in an
       optimizer variable, which a PBT trial has just changed); `TaskBase` does nothing.
+    - `progress`: a float variable the loop keeps at the fraction of the run done, the larger of
+      step / num_steps and trained minutes / --max_train_minutes (a schedule can decay on it); or None.
+    - `averaged`: the name of the entry of `trackables()` (a dict of variables: the model's weights,
+      not the optimizer's) that `--avg_ckpts` averages over the last checkpoints, or None.
     """
 
     num_steps: int
     best_metric: tuple[str, str] | None
+    progress: Any
+    averaged: str | None
 
     def trackables(self) -> dict[str, Any]: ...
     def dataset(self, input_context: Any) -> Any: ...
@@ -66,9 +74,12 @@ class Task(Protocol):
 
 
 class TaskBase:
-    """Defaults for a `Task`: no best metric, nothing to redo after a restore."""
+    """Defaults for a `Task`: no best metric, nothing to redo after a restore, no progress variable,
+    nothing to average."""
 
     best_metric: tuple[str, str] | None = None
+    progress: Any = None
+    averaged: str | None = None
 
     def after_restore(self) -> None:
         """Nothing a checkpoint overwrote needs setting again."""
@@ -153,6 +164,83 @@ def copy_checkpoint(prefix: str, dest_dir: str) -> None:
         fh.write(f'model_checkpoint_path: "{base}"\nall_model_checkpoint_paths: "{base}"\n')
 
 
+class Budget:
+    """--max_train_minutes: the training wall time (kept in checkpoints, so restarts add up), the
+    stop decision (the chief's clock, summed over workers so every worker stops at the same step),
+    and the run's progress fraction for schedules."""
+
+    def __init__(self, minutes: float, seconds_before: float, num_steps: int, strategy: Any, ctx: WorkerContext):
+        self.limit_s = 60.0 * minutes
+        self.clock0 = time.perf_counter() - seconds_before
+        self.num_steps, self.strategy, self.ctx = num_steps, strategy, ctx
+        self._agree = None
+
+    def seconds(self) -> float:
+        return time.perf_counter() - self.clock0
+
+    def minutes(self) -> float:
+        return self.seconds() / 60.0
+
+    def spent(self) -> bool:
+        return bool(self.limit_s) and self.seconds() >= self.limit_s
+
+    def _chief_seconds(self) -> float:
+        if self.ctx.world_size == 1:
+            return self.seconds()
+        import tensorflow as tf
+
+        if self._agree is None:
+            strategy = self.strategy
+
+            @tf.function
+            def agree(x):
+                per_replica = strategy.run(tf.identity, args=(x,))
+                return strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
+
+            self._agree = agree
+        mine = self.seconds() if self.ctx.is_chief else 0.0
+        return float(self._agree(tf.constant(mine, tf.float64)))
+
+    def update(self, task: Any, step: int) -> bool:
+        """Set task.progress for `step`; True when the time budget is used up (the same on every worker)."""
+        seconds = self._chief_seconds() if self.limit_s else 0.0
+        if task.progress is not None:
+            fraction = step / max(1, self.num_steps)
+            if self.limit_s:
+                fraction = max(fraction, seconds / self.limit_s)
+            task.progress.assign(min(1.0, fraction))
+        return bool(self.limit_s) and seconds >= self.limit_s
+
+
+def average_checkpoints(task: Any, paths: list[str], out_dir: str, writer: MetricsWriter):
+    """--avg_ckpts: the mean of the task's `averaged` weights over checkpoints `paths`, read from the files,
+    set on the model, saved as `out_dir/avg/ckpt-<last step>` (those weights alone) and evaluated; returns
+    (metrics, checkpoint prefix), or None with fewer than two checkpoints."""
+    import numpy as np
+    import tensorflow as tf
+
+    variables = task.trackables().get(task.averaged, {}) if task.averaged else {}
+    if len(paths) < 2 or not variables:
+        writer.log(f"# --avg_ckpts: nothing to average ({len(paths)} checkpoint(s), {len(variables)} variable(s))")
+        return None
+    readers = [tf.train.load_checkpoint(p) for p in paths]
+    means = {}
+    for name, v in variables.items():
+        escaped = name.replace(".", "..").replace("/", ".S")  # how checkpoint keys spell a name
+        key = f"{task.averaged}/{escaped}/.ATTRIBUTES/VARIABLE_VALUE"
+        means[name] = np.mean([r.get_tensor(key) for r in readers], axis=0).astype(v.numpy().dtype)
+        v.assign(means[name])
+    step = runs.checkpoint_step(paths[-1])
+    with tf.device("CPU:0"):
+        copy = {name: tf.Variable(value, trainable=False) for name, value in means.items()}
+    prefix = tf.train.Checkpoint(**{task.averaged: copy}).write(os.path.join(out_dir, AVG_DIR, f"ckpt-{step}"))
+    with tf.io.gfile.GFile(os.path.join(out_dir, AVG_DIR, "checkpoint"), "w") as fh:
+        fh.write(f'model_checkpoint_path: "{os.path.basename(prefix)}"\n')
+    ev = task.evaluate(step)
+    ev["eval/avg_ckpts"] = float(len(paths))
+    return ev, prefix
+
+
 def _maybe_fail(step: int, out_dir: str) -> None:
     """Exit the process once at step N when TFCLUSTER_FAIL_AT_STEP=N (fault-injection hook)."""
     at = os.environ.get(FAIL_AT_STEP_ENV)
@@ -197,7 +285,8 @@ def run_loop(
         task = make_task(strategy)
         step_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
         best_var = tf.Variable(float("nan"), dtype=tf.float64, trainable=False, name="best_metric")
-        ckpt = tf.train.Checkpoint(step=step_var, best=best_var, **task.trackables())
+        seconds_var = tf.Variable(0.0, dtype=tf.float64, trainable=False, name="train_seconds")
+        ckpt = tf.train.Checkpoint(step=step_var, best=best_var, train_seconds=seconds_var, **task.trackables())
     ckpt_dir = checkpoint_dir(cfg.out_dir, ctx)
     manager = tf.train.CheckpointManager(ckpt, ckpt_dir, max_to_keep=cfg.keep_checkpoint_max)
     try:
@@ -209,9 +298,14 @@ def run_loop(
             writer.log(f"# resuming from step {int(step_var.numpy())} ({restore_from})")
             task.after_restore()
         start = int(step_var.numpy())
+        budget = Budget(cfg.max_train_minutes, float(seconds_var.numpy()), task.num_steps, strategy, ctx)
         if start >= task.num_steps:
             writer.log(f"# already trained to step {start} >= num_train_steps {task.num_steps}; nothing to do")
             return {}
+        if budget.spent():
+            writer.log(f"# already trained {budget.minutes():.1f} minutes >= --max_train_minutes {cfg.max_train_minutes:g}; nothing to do")
+            return {}
+        budget.update(task, start)
 
         dist_ds = strategy.distribute_datasets_from_function(task.dataset)
         iterator = iter(dist_ds)
@@ -223,6 +317,7 @@ def run_loop(
 
         def save(step: int) -> str:
             step_var.assign(step)
+            seconds_var.assign(budget.seconds())
             return manager.save(checkpoint_number=step)
 
         last: dict[str, float] = {}
@@ -239,6 +334,8 @@ def run_loop(
             _maybe_fail(step, cfg.out_dir)
             is_stats = step % cfg.steps_per_stats == 0 or step == task.num_steps
             is_eval = step % cfg.eval_every == 0 or step == task.num_steps
+            out_of_time = is_stats and budget.update(task, step)
+            is_eval = is_eval or out_of_time
             if step == start + 1 and not is_stats:
                 # The first step traces and compiles the graph: leave it out of the timed window
                 # (and of that window's sums) so perf/ metrics measure steady-state steps.
@@ -271,7 +368,25 @@ def run_loop(
             writer.write(step, last)
             if report is not None:
                 report(dict(last, step=step), ckpt_path, improved)
+            if out_of_time:
+                writer.log(f"# stopped at step {step}: --max_train_minutes {cfg.max_train_minutes:g} reached")
+                break
             t0 = time.perf_counter()
+        if cfg.avg_ckpts and ctx.is_chief:
+            averaged = average_checkpoints(task, manager.checkpoints, cfg.out_dir, writer)
+            if averaged is not None:
+                ev, path = averaged
+                if task.best_metric and task.best_metric[0] in ev:
+                    name, mode = task.best_metric
+                    improved = runs.is_better(ev[name], float(best_var.numpy()), mode)
+                    if improved:
+                        best_var.assign(ev[name])
+                        copy_checkpoint(path, os.path.join(cfg.out_dir, BEST_DIR))
+                    ev[f"best/{name}"] = float(best_var.numpy())
+                    writer.log(f"# the average of the last {ev['eval/avg_ckpts']:g} checkpoints {'is' if improved else 'is not'} the new best/ ({name} {ev[name]:.4g})")
+                    if improved and report is not None:
+                        report(dict(ev, step=step), None, True)
+                writer.write(step, ev)
         writer.close()
         return last
     finally:

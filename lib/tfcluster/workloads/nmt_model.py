@@ -157,11 +157,21 @@ class Seq2Seq(keras.layers.Layer):
             self.enc_fw, self.enc_bw = [], []
         self.dec = [LSTM(u, w, s, name=f"decoder_{i}") for i in range(cfg.num_layers)]
         self.attn = Attention(cfg.attention, u, w, s, name="attention") if cfg.attention else None
-        self.proj = keras.layers.Dense(tgt_vocab_size, use_bias=False, kernel_initializer=init, name="output_projection")
+        self.proj = None if cfg.share_decoder_embeddings else keras.layers.Dense(
+            tgt_vocab_size, use_bias=False, kernel_initializer=init, name="output_projection")
 
     @property
     def feeds(self) -> bool:
         return bool(self.attn is not None and self.cfg.input_feeding)
+
+    def project(self, x):
+        """Decoder outputs [..., U] -> logits [..., V]; with --share_decoder_embeddings, through the
+        transposed target embedding."""
+        if self.proj is not None:
+            return self.proj(x)
+        emb = self.tgt_emb.embeddings
+        flat = tf.matmul(tf.reshape(x, [-1, tf.shape(x)[-1]]), emb, transpose_b=True)
+        return tf.reshape(flat, tf.concat([tf.shape(x)[:-1], tf.shape(emb)[:1]], 0))
 
     def _drop(self, x, training):
         return tf.nn.dropout(x, self.cfg.dropout) if training and self.cfg.dropout > 0 else x
@@ -227,7 +237,7 @@ class Seq2Seq(keras.layers.Layer):
 
             _, outs = tf.scan(fn, tf.transpose(emb, [1, 0, 2]), initializer=(dec_state, attn_vec))
             out = tf.transpose(outs, [1, 0, 2])
-        return self.proj(out)
+        return self.project(out)
 
     def greedy_decode(self, src, src_len, max_len):
         """Token ids [B, T] (EOS-terminated or cut at max_len) and summed log-probabilities [B]."""
@@ -242,7 +252,7 @@ class Seq2Seq(keras.layers.Layer):
 
         def body(t, tok, finished, score, dec, attn, ta):
             out, dec = self.decode_step(self.tgt_emb(tok), dec, attn, keys, memory, mask)
-            logp = tf.nn.log_softmax(self.proj(out))
+            logp = tf.nn.log_softmax(self.project(out))
             nxt = tf.argmax(logp, axis=-1, output_type=tf.int32)
             nxt = tf.where(finished, text.EOS_ID, nxt)
             score += tf.where(finished, 0.0, tf.gather(logp, nxt, batch_dims=1))
@@ -279,7 +289,7 @@ class Seq2Seq(keras.layers.Layer):
 
         def body(t, tok, log_probs, finished, lengths, seqs, dec, attn):
             out, dec = self.decode_step(self.tgt_emb(tok), dec, attn, keys, memory, mask)
-            lp = tf.reshape(tf.nn.log_softmax(self.proj(out)), [b, k, v])
+            lp = tf.reshape(tf.nn.log_softmax(self.project(out)), [b, k, v])
             lp = tf.where(finished[:, :, None], eos_row[None, None, :], lp)
             total = log_probs[:, :, None] + lp
             new_len = lengths + tf.cast(tf.logical_not(finished), tf.int32)
@@ -325,8 +335,12 @@ class Seq2Seq(keras.layers.Layer):
 # ============================================================================ learning rate
 
 
-def learning_rate_at(step, base_lr: float, num_train_steps: int, warmup_steps: int = 0, decay_scheme: str = ""):
-    """tensorflow/nmt's schedule: t2t warm-up (exp), then luong5/luong10/luong234 halving."""
+def learning_rate_at(step, base_lr: float, num_train_steps: int, warmup_steps: int = 0, decay_scheme: str = "",
+                     progress=None):
+    """tensorflow/nmt's schedule: t2t warm-up (exp), then luong5/luong10/luong234 halving.
+
+    `progress` (the fraction of the run done, which --max_train_minutes can put ahead of the step
+    count) moves the decay: it runs at step max(step, progress * num_train_steps)."""
     step = tf.cast(step, tf.float32)
     lr = tf.constant(base_lr, tf.float32)
     if warmup_steps > 0:
@@ -338,15 +352,17 @@ def learning_rate_at(step, base_lr: float, num_train_steps: int, warmup_steps: i
         else:
             start, times = num_train_steps // 2, (5 if decay_scheme == "luong5" else 10)
         decay_steps = max(1, (num_train_steps - start) // times)
-        n = tf.floor(tf.maximum(step - start, 0.0) / decay_steps)
-        lr = tf.where(step < start, lr, lr * tf.pow(0.5, n))
+        at = step if progress is None else tf.maximum(step, tf.round(tf.cast(progress, tf.float32) * num_train_steps))
+        n = tf.floor(tf.maximum(at - start, 0.0) / decay_steps)
+        lr = tf.where(at < start, lr, lr * tf.pow(0.5, n))
     return lr
 
 
-def make_schedule(cfg: Config):
+def make_schedule(cfg: Config, progress=None):
     class NMTSchedule(keras.optimizers.schedules.LearningRateSchedule):
         def __call__(self, step):
-            return learning_rate_at(step, cfg.learning_rate, cfg.num_train_steps, cfg.warmup_steps, cfg.decay_scheme)
+            return learning_rate_at(step, cfg.learning_rate, cfg.num_train_steps, cfg.warmup_steps, cfg.decay_scheme,
+                                    progress)
 
         def get_config(self):
             return {}
@@ -367,13 +383,13 @@ def weights(model) -> dict:
     return {v.path.split("/", 1)[-1].replace("/", "."): v for v in model.weights}
 
 
-def build(cfg: Config):
-    """The Seq2Seq model (built) and its optimizer."""
+def build(cfg: Config, progress=None):
+    """The Seq2Seq model (built) and its optimizer; `progress` (a variable, see `learning_rate_at`) drives decay."""
     vs, vt = vocab_sizes(cfg)
     model = Seq2Seq(vs, vt, config_mod.to_dict(cfg), name="nmt")
     ids = tf.ones([2, 3], tf.int32)
     model(ids, tf.constant([3, 2]), ids)
-    sched = make_schedule(cfg)
+    sched = make_schedule(cfg, progress)
     opt = keras.optimizers.SGD(sched) if cfg.optimizer == "sgd" else keras.optimizers.Adam(sched)
     opt.build(model.trainable_variables)
     return model, opt
@@ -414,7 +430,9 @@ class Task(TaskBase):
         self.cfg, self.strategy, self.ctx = cfg, strategy, ctx
         self.num_steps = cfg.num_train_steps
         self.best_metric = ("eval/bleu", "max") if cfg.dev_prefix else None
-        self.model, self.optimizer = build(cfg)
+        self.progress = tf.Variable(0.0, trainable=False, name="progress",
+                                    aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
+        self.model, self.optimizer = build(cfg, self.progress)
         self.src_vocab_file, self.tgt_vocab_file = cfg.vocab_files
         self.src_table = text.lookup_table(self.src_vocab_file)
         self.tgt_table = text.lookup_table(self.tgt_vocab_file)
@@ -425,6 +443,8 @@ class Task(TaskBase):
 
     def trackables(self):
         return {"model": weights(self.model), "optimizer": self.optimizer}
+
+    averaged = "model"  # --avg_ckpts averages the model's weights
 
     def dataset(self, input_context):
         cfg = self.cfg
@@ -443,8 +463,8 @@ class Task(TaskBase):
         src, src_len, tgt_in, tgt_out, tgt_len = batch
         with tf.GradientTape() as tape:
             logits = self.model(src, src_len, tgt_in, training=True)
-            loss_sum = masked_loss_sum(logits, tgt_out, tgt_len)
-            loss = loss_sum / self.cfg.batch_size  # global batch (tensorflow/nmt divides by batch_size)
+            loss_sum, smoothed_sum = training_loss_sums(logits, tgt_out, tgt_len, self.cfg.label_smoothing)
+            loss = smoothed_sum / self.cfg.batch_size  # global batch (tensorflow/nmt divides by batch_size)
         variables = self.model.trainable_variables
         grads = [tf.convert_to_tensor(g) for g in tape.gradient(loss, variables)]
         world = self.strategy.num_replicas_in_sync
@@ -546,6 +566,19 @@ def masked_loss_sum(logits, labels, lengths):
     ce = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)
     mask = tf.sequence_mask(lengths, tf.shape(labels)[1], dtype=ce.dtype)
     return tf.reduce_sum(ce * mask)
+
+
+def training_loss_sums(logits, labels, lengths, label_smoothing: float):
+    """(plain, smoothed) sums of token cross-entropies over the real target positions; the smoothed one
+    against (1 - e) one-hot + e uniform over the vocabulary (e = `label_smoothing`)."""
+    if not label_smoothing:
+        plain = masked_loss_sum(logits, labels, lengths)
+        return plain, plain
+    mask = tf.sequence_mask(lengths, tf.shape(labels)[1], dtype=logits.dtype)
+    logp = tf.nn.log_softmax(logits)
+    nll = -tf.gather(logp, labels, batch_dims=2)
+    uniform = -tf.reduce_mean(logp, axis=-1)
+    return tf.reduce_sum(nll * mask), tf.reduce_sum(((1.0 - label_smoothing) * nll + label_smoothing * uniform) * mask)
 
 
 # ============================================================================ export and inference
