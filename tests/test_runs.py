@@ -71,3 +71,15 @@ def test_lib_probes_no_workload_module():
     out = subprocess.run(["grep", "-rn", r"hasattr(wl\|hasattr(mod\|getattr(workloads\|hasattr(task", "lib/"],
                          cwd=ROOT, capture_output=True, text=True)
     assert out.stdout == ""
+
+
+def test_each_training_command_is_recorded_in_the_run_folder(tmp_path, monkeypatch):
+    import json
+
+    monkeypatch.setattr(sys, "argv", ["jobs/train_nmt.py", "--hparams_path", "nmt_multi30k_en_de"])
+    runs.record_command(str(tmp_path))
+    runs.record_command(str(tmp_path), ["--num_train_steps", "20"])  # a resume with other flags
+    lines = [json.loads(l) for l in (tmp_path / runs.COMMANDS_FILE).read_text().splitlines()]
+    assert [l["argv"] for l in lines] == [["python", "jobs/train_nmt.py", "--hparams_path", "nmt_multi30k_en_de"],
+                                          ["python", "jobs/train_nmt.py", "--num_train_steps", "20"]]
+    assert lines[0]["cpus"] >= 1 and lines[0]["gpus"] >= 0 and lines[0]["time"] <= lines[1]["time"]

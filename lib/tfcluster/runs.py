@@ -71,6 +71,27 @@ def start(name: str, cfg: Any, resumed: bool) -> None:
     print("# hyperparameters\n" + config_mod.table(cfg), flush=True)
 
 
+COMMANDS_FILE = "commands.jsonl"  # each training command run in the folder: time, argv, CPUs, GPUs
+
+
+def record_command(out_dir: str, argv: list[str] | None = None) -> None:
+    """Append the command line that trains in `out_dir` (argv, default sys.argv) to its commands.jsonl, with the
+    machine's CPU and visible GPU counts: how each figure of the run was made."""
+    import json
+    import sys
+
+    import tensorflow as tf
+
+    args = [os.path.relpath(sys.argv[0]) if os.path.isabs(sys.argv[0]) else sys.argv[0], *(sys.argv[1:] if argv is None else argv)]
+    record = {"time": round(time.time(), 3), "argv": ["python", *args], "cpus": os.cpu_count(),
+              "gpus": len(tf.config.list_physical_devices("GPU"))}
+    tf.io.gfile.makedirs(out_dir)
+    path = os.path.join(out_dir, COMMANDS_FILE)
+    old = tf.io.gfile.GFile(path).read() if tf.io.gfile.exists(path) else ""
+    with tf.io.gfile.GFile(path, "w") as f:  # gfile has no append mode for every filesystem
+        f.write(old + json.dumps(record) + "\n")
+
+
 def is_better(value: float, best: float | None, mode: str) -> bool:
     """Whether `value` beats `best` (None or NaN: nothing yet) for mode "max" or "min"; NaN never does."""
     if value is None or (isinstance(value, float) and math.isnan(value)):

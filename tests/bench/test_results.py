@@ -25,6 +25,9 @@ def test_results_rebuilds_the_readme_section_from_run_folders(tmp_path):
     _run(str(runs / "nmt"), {"src": "en", "tgt": "de", "train_prefix": "/d/train"},
          [{"step": s, "time": t0 + 60 * m, "eval/bleu": b, "eval/test_bleu": b - 1}
           for s, m, b in ((500, 10, 12.0), (1000, 20, 24.0), (1500, 30, 23.0))])
+    (runs / "nmt" / "commands.jsonl").write_text(json.dumps(
+        {"time": t0 - 60, "argv": ["python", "jobs/train_nmt.py", "--train_prefix", os.path.join(os.path.abspath(ROOT), "data", "train")],
+         "cpus": 2, "gpus": 0}) + "\n")
     _run(str(runs / "nmt_avg"), {"src": "en", "tgt": "de", "train_prefix": "/d/train"},
          [{"step": 500, "time": t0, "eval/bleu": 20.0, "eval/test_bleu": 21.0},
           {"step": 1000, "time": t0 + 60, "eval/bleu": 22.0, "eval/test_bleu": 23.0},
@@ -43,15 +46,21 @@ def test_results_rebuilds_the_readme_section_from_run_folders(tmp_path):
     readme = tmp_path / "README.md"
     readme.write_text("# x\n\n## Results\n<!-- results:start -->\nSTALE-TABLE\n<!-- results:end -->\n\n## Next\n")
     docs = tmp_path / "docs" / "results"
+    served = tmp_path / "served.json"
+    served.write_text(json.dumps({"run": "runs/nmt_avg", "served_bleu": 23.5, "logged_test_bleu": 23.5}))
     p = subprocess.run([sys.executable, os.path.join(ROOT, "bench", "results.py"), "--runs", str(runs),
-                        "--docs", str(docs), "--rl", str(rl), "--readme", str(readme)], capture_output=True, text=True)
+                        "--docs", str(docs), "--rl", str(rl), "--readme", str(readme), "--served", str(served)],
+                       capture_output=True, text=True)
     assert p.returncode == 0, p.stderr
     text = readme.read_text()
     assert "STALE-TABLE" not in text and text.endswith("<!-- results:end -->\n\n## Next\n")
     # The kept model's figures: the best dev BLEU (not the last evaluation), or the checkpoint average.
-    assert "| NMT | train | `nmt` | 20.0 | dev BLEU 24.0, test BLEU 23.0 at step 1000 |" in text
-    assert "| NMT | train | `nmt_avg` | 1.5 | dev BLEU 22.5, test BLEU 23.5 at step 1000 (checkpoint average) |" in text
-    assert "| DCGAN | anime_faces | `faces` | 3.3 | eval/swd 120 -> 60 |" in text
+    # The command that started the run (paths relative to the repository) and its hardware, from commands.jsonl.
+    assert ("| NMT | train | `python jobs/train_nmt.py --train_prefix data/train` | 2 CPU cores, no GPU | 31.0 | "
+            "dev BLEU 24.0, test BLEU 23.0 at step 1000 |") in text
+    assert ("| NMT | train | run `nmt_avg` | not recorded | 1.5 | dev BLEU 22.5, test BLEU 23.5 at step 1000 (checkpoint average); "
+            "through `tfcluster serve`: test BLEU 23.5 |") in text
+    assert "| DCGAN | anime_faces | run `faces` | not recorded | 3.3 | eval/swd 120 -> 60 |" in text
     assert "| REINFORCE (tfcluster) | CartPole-v1 |" in text
     pngs = sorted(os.listdir(docs))
     assert "nmt_bleu_minutes.png" in pngs and "nmt_avg_bleu_minutes.png" in pngs and "faces_eval.png" in pngs and "faces_interpolation.png" in pngs

@@ -51,6 +51,20 @@ def test_two_workers_train_export_then_resume(ray_local, tmp_path):
     assert os.path.basename(driver.latest_checkpoint(cfg.out_dir)) == "ckpt-20"
 
 
+def test_two_workers_stop_together_on_the_time_budget_and_average(ray_local, tmp_path):
+    """--max_train_minutes with 2 workers: both stop at the same step (the chief's clock, all-reduced; a
+    worker left in a collective would hang the run), the stop is evaluated, averaged and exported."""
+    cfg = small_cfg(tmp_path, num_workers=2, num_train_steps=100000, max_train_minutes=0.1, avg_ckpts=True,
+                    decay_scheme="luong234", optimizer="adam", learning_rate=0.01, model_base_path=str(tmp_path / "models"))
+    metrics = driver.run("nmt", cfg)
+    assert metrics["export_path"].endswith(os.path.join("models", "nmt", "1"))
+    records = read_metrics(cfg.out_dir)
+    stop = records[-1]["step"]
+    assert 10 <= stop < 100000 and "eval/avg_ckpts" in records[-1]
+    assert [r["train/lr"] for r in records if r["step"] == stop and "train/lr" in r] == [pytest.approx(0.01 / 16)]
+    assert os.path.basename(driver.latest_checkpoint(cfg.out_dir)) == f"ckpt-{stop}"
+
+
 def test_failed_worker_restarts_from_last_checkpoint(ray_local, tmp_path, monkeypatch):
     cfg = small_cfg(tmp_path, num_workers=1, num_train_steps=20)
     monkeypatch.setenv(FAIL_AT_STEP_ENV, "15")

@@ -1,6 +1,5 @@
 """NMT: schedule math, learning a known corpus, decoding, export equal to in-process output."""
 
-import json
 import os
 import subprocess
 import sys

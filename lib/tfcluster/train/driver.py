@@ -91,11 +91,13 @@ def train_loop_per_worker(config: dict) -> None:
 
     def report(metrics: dict, ckpt: str | None, is_best: bool = False) -> None:
         values = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
+        if is_best and ctx.is_chief:
+            runs.upload_dir(os.path.join(cfg.out_dir, runs.BEST_DIR), storage.storage_filesystem, best_path)
+            if not ckpt:  # the chief alone, after the loop (--avg_ckpts): storage's best/ is all that changes
+                return
         if not (ckpt and ctx.is_chief):
             ray.train.report(values)
             return
-        if is_best:
-            runs.upload_dir(os.path.join(cfg.out_dir, runs.BEST_DIR), storage.storage_filesystem, best_path)
         with tempfile.TemporaryDirectory(prefix="tfcluster-report-") as tmp:
             copy_checkpoint(ckpt, tmp)
             ray.train.report(values, checkpoint=ray.train.Checkpoint.from_directory(tmp))

@@ -267,7 +267,8 @@ def run_loop(
     survives the loss of any node) and `cfg.out_dir/ckpt`. `report(metrics, checkpoint_prefix_or_None,
     is_best)` is called on every worker at each stats and eval point (Ray Train's or Ray Tune's
     report); the checkpoint is given at eval points, after the chief saved, and `is_best` says
-    it is the new `best/`.
+    it is the new `best/`. With --avg_ckpts the chief alone calls it once more after the loop,
+    without a checkpoint and with is_best, when the checkpoint average became `best/`.
     """
     import keras
     import tensorflow as tf

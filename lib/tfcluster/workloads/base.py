@@ -110,6 +110,7 @@ class Workload:
         cfg = runs.parse(self, argv)
         if self.offline(cfg):
             return 0
+        runs.record_command(cfg.out_dir, argv)
         if self.is_rl:
             from tfcluster.rl import algorithm
 
