@@ -68,7 +68,7 @@ def main() -> None:
     served = corpus_bleu([[r] for r in refs], [h.split() for h in hyps])["bleu"]
     import sacrebleu
 
-    sacre = sacrebleu.corpus_bleu(hyps, [[" ".join(r) for r in refs]], tokenize="none").score
+    sacre = sacrebleu.corpus_bleu(hyps, [[" ".join(r) for r in refs]], tokenize="none", force=True).score
     kept = kept_record(read_metrics(a.out_dir))
     logged = kept.get("eval/test_bleu") if os.path.abspath(prefix) == os.path.abspath(cfg.test_prefix) else None
     emit({"benchmark": "nmt_served_bleu", "run": a.out_dir, "model_base_path": a.model_base_path, "version": version,

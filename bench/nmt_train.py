@@ -70,7 +70,8 @@ def pipeline_vs_device(cfg, window: int, work: str, num_batches: int = 48) -> tu
     steps = window * (epoch // window + 2)  # the last window starts after the first epoch filled the cache
     c = dataclasses.replace(cfg, out_dir=tempfile.mkdtemp(dir=work), num_train_steps=steps, steps_per_stats=window,
                             steps_per_external_eval=10**9, dev_prefix="", test_prefix="", max_train_minutes=0.0,
-                            avg_ckpts=False)
+                            avg_ckpts=False, vocab_prefix=os.path.join(cfg.out_dir, "vocab"))
+    c = nmt.prepare(c)  # the prepared vocabularies, into this run's folder
     job = float(run_loop(lambda s: nmt.Task(c, s, WorkerContext()), c)["perf/tgt_tokens_per_s"])
 
     strategy = tf.distribute.get_strategy()
