@@ -54,7 +54,7 @@ def test_two_workers_train_export_then_resume(ray_local, tmp_path):
 def test_two_workers_stop_together_on_the_time_budget_and_average(ray_local, tmp_path):
     """--max_train_minutes with 2 workers: both stop at the same step (the chief's clock, all-reduced; a
     worker left in a collective would hang the run), the stop is evaluated, averaged and exported."""
-    cfg = small_cfg(tmp_path, num_workers=2, num_train_steps=100000, max_train_minutes=0.1, avg_ckpts=True,
+    cfg = small_cfg(tmp_path, num_workers=2, num_train_steps=100000, max_train_minutes=0.4, avg_ckpts=True,
                     decay_scheme="luong234", optimizer="adam", learning_rate=0.01, model_base_path=str(tmp_path / "models"))
     metrics = driver.run("nmt", cfg)
     assert metrics["export_path"].endswith(os.path.join("models", "nmt", "1"))
