@@ -114,7 +114,8 @@ def nmt_result(name: str, folder: str, cfg: dict, records: list[dict], docs: str
     evals = [r for r in records if "eval/bleu" in r]
     best = max(reversed(evals), key=lambda r: r["eval/bleu"]) if evals else {}
     how = " (checkpoint average)" if "eval/avg_ckpts" in best else ""
-    return {"workload": "NMT", "run": name, "data": os.path.basename(str(cfg.get("train_prefix", ""))),
+    train = os.path.normpath(str(cfg.get("train_prefix", "")))
+    return {"workload": "NMT", "run": name, "data": os.path.join(os.path.basename(os.path.dirname(train)), os.path.basename(train)),
             "minutes": round(minutes(records), 1),
             "metric": f"dev BLEU {best.get('eval/bleu', float('nan')):.1f}, test BLEU "
                       f"{best.get('eval/test_bleu', float('nan')):.1f} at step {best.get('step', 0)}{how}"

@@ -56,9 +56,9 @@ def test_results_rebuilds_the_readme_section_from_run_folders(tmp_path):
     assert "STALE-TABLE" not in text and text.endswith("<!-- results:end -->\n\n## Next\n")
     # The kept model's figures: the best dev BLEU (not the last evaluation), or the checkpoint average.
     # The command that started the run (paths relative to the repository) and its hardware, from commands.jsonl.
-    assert ("| NMT | train | `python jobs/train_nmt.py --train_prefix data/train` | 2 CPU cores, no GPU | 31.0 | "
+    assert ("| NMT | d/train | `python jobs/train_nmt.py --train_prefix data/train` | 2 CPU cores, no GPU | 31.0 | "
             "dev BLEU 24.0, test BLEU 23.0 at step 1000 |") in text
-    assert ("| NMT | train | run `nmt_avg` | not recorded | 1.5 | dev BLEU 22.5, test BLEU 23.5 at step 1000 (checkpoint average); "
+    assert ("| NMT | d/train | run `nmt_avg` | not recorded | 1.5 | dev BLEU 22.5, test BLEU 23.5 at step 1000 (checkpoint average); "
             "through `tfcluster serve`: test BLEU 23.5 |") in text
     assert "| DCGAN | anime_faces | run `faces` | not recorded | 3.3 | eval/swd 120 -> 60 |" in text
     assert "| REINFORCE (tfcluster) | CartPole-v1 |" in text
