@@ -150,6 +150,31 @@ def dataclasses_replace(cfg, **kw):
     return dataclasses.replace(cfg, **kw)
 
 
+@pytest.mark.parametrize("mode", ["memory", "disk", "none"])
+def test_the_training_pipeline_caches_as_cache_images_says(tmp_path, mode):
+    """--cache_images reaches the job's own pipeline: after the first epoch every image on disk turns black;
+    a cached pipeline goes on yielding the faces it decoded (disk: from files under out_dir/cache), an
+    uncached one (`none`) decodes the black files."""
+    _faces(str(tmp_path / "data" / "faces"), n=32)
+    cfg = dcgan.prepare(dcgan.Config(dataset="faces", data_dir=str(tmp_path / "data"), input_height=16, output_height=16,
+                                     crop=True, out_dir=str(tmp_path / "run"), cache_images=mode))
+    it = dcgan.make_data(cfg).batch(8).as_numpy_iterator()
+    for _ in range(4):  # the first epoch (32 images) fills the cache
+        next(it)
+    black = Image.fromarray(np.zeros((20, 20, 3), np.uint8))
+    for f in os.listdir(tmp_path / "data" / "faces"):
+        black.save(tmp_path / "data" / "faces" / f, format="JPEG")
+    for _ in range(8):  # images decoded ahead of the change (parallel map, prefetch) are used up
+        next(it)
+    brightest = [float(next(it).reshape(8, -1).max(axis=1).min()) for _ in range(4)]  # per image, a whole epoch
+    if mode == "none":
+        assert max(brightest) == pytest.approx(-1.0, abs=0.02)
+    else:
+        assert min(brightest) > -0.5
+    cached = os.listdir(tmp_path / "run" / "cache") if os.path.isdir(tmp_path / "run" / "cache") else []
+    assert bool(cached) is (mode == "disk")
+
+
 def test_prepare_counts_the_unreadable_image(trained):
     cfg, task, _, _ = trained
     index = dcgan.folder_index(cfg)

@@ -35,18 +35,18 @@ def make_data(cfg: Config, shard: tuple[int, int] = (1, 0), *, shuffle: bool = T
                                     shuffle=shuffle, seed=seed, num_shards=num_shards, shard=index)
     files = folder_index(cfg).files
     channels = cfg.c_dim or 3
-    cache, buffer = None, 0
+    plan, buffer = None, 0  # no cache: decode every epoch
     if shuffle and cache and cfg.cache_images != "none":
         import hashlib
 
         key = hashlib.sha1("\n".join([*files, f"{cfg.input_height}x{cfg.input_width} crop={cfg.crop}"]).encode()).hexdigest()[:12]
         fraction = {"memory": 1.0, "disk": 0.0}.get(cfg.cache_images, 0.2)  # auto: a fifth of the free memory
-        cache, buffer = images.cache_plan(len(files), cfg.output_height, cfg.output_width, channels,
-                                          os.path.join(cfg.out_dir, "cache"), key, shard, memory_fraction=fraction)
+        plan, buffer = images.cache_plan(len(files), cfg.output_height, cfg.output_width, channels,
+                                         os.path.join(cfg.out_dir, "cache"), key, shard, memory_fraction=fraction)
     return images.folder_dataset(
         files, channels=channels, input_height=cfg.input_height, input_width=cfg.input_width,
         output_height=cfg.output_height, output_width=cfg.output_width, crop=cfg.crop, shuffle=shuffle, seed=seed,
-        num_shards=num_shards, shard=index, cache=cache, shuffle_buffer=buffer)
+        num_shards=num_shards, shard=index, cache=plan, shuffle_buffer=buffer)
 
 
 def sample_z(shape, dist: str, seed):
