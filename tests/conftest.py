@@ -52,3 +52,75 @@ def tf_serving_run():
         return servable.signatures[signature].run({k: np.asarray(v) for k, v in inputs.items()})
 
     return run
+
+
+S3_STAND_IN = os.environ.get("TFCLUSTER_S3_STAND_IN", "")
+needs_s3_stand_in = pytest.mark.skipif(
+    not os.path.isdir(os.path.join(S3_STAND_IN, "moto")),
+    reason="no S3 stand-in: run through `make test` (it installs moto into .venv/s3-stand-in)")
+
+
+@pytest.fixture(scope="session")
+def moto_endpoint(tmp_path_factory):
+    """The S3 stand-in (moto's server, its own process on 127.0.0.1) for the session: its http:// URL."""
+    import socket
+    import subprocess
+    import time
+
+    if not os.path.isdir(os.path.join(S3_STAND_IN, "moto")):
+        pytest.skip("no S3 stand-in: run through `make test` (it installs moto into .venv/s3-stand-in)")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    log_path = tmp_path_factory.mktemp("moto") / "moto.log"
+    log = open(log_path, "w")
+    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                              env={**os.environ, "PYTHONPATH": S3_STAND_IN}, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.time() + 60
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert server.poll() is None and time.time() < deadline, log_path.read_text()
+                time.sleep(0.2)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+        log.close()
+
+
+@pytest.fixture
+def s3(moto_endpoint, monkeypatch, tmp_path):
+    """A fresh bucket in the S3 stand-in, reached through plain s3:// URIs and the standard AWS
+    environment variables (as boto3 and the AWS CLI read them); yields `s3://<bucket>`."""
+    import uuid
+
+    import pyarrow.fs
+
+    for k, v in {"AWS_ENDPOINT_URL": moto_endpoint, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                 "AWS_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true",
+                 "TFCLUSTER_CACHE_DIR": str(tmp_path / "node-cache")}.items():
+        monkeypatch.setenv(k, v)
+    bucket = f"tfc-{uuid.uuid4().hex[:10]}"
+    pyarrow.fs.S3FileSystem(endpoint_override=moto_endpoint.split("://")[1], scheme="http", region="us-east-1",
+                            access_key="testing", secret_key="testing", allow_bucket_creation=True).create_dir(bucket)
+    yield f"s3://{bucket}"
+
+
+def upload(local: str, uri: str) -> None:
+    """Copy a local file or folder into object storage (test data)."""
+    from tfcluster import storage
+
+    if os.path.isdir(local):
+        storage.upload_tree(local, uri, last=())
+    else:
+        with open(local, "rb") as f:
+            storage.write_bytes(uri, f.read())
+
+
+@pytest.fixture
+def s3_upload():
+    return upload

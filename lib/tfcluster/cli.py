@@ -4,6 +4,7 @@
   tfcluster sweep   <workload> [flags]   Ray Tune sweep (same as python jobs/sweep_<workload>.py)
   tfcluster export  --workload W ...     export a checkpoint to <model_base_path>/<model>/<version>
   tfcluster serve   [flags]              local model server with tensorflow_model_server's flags
+  tfcluster sync-models SRC DST          mirror complete versions from a bucket into a folder (TF Serving's sidecar)
   tfcluster predict [flags] [inputs]     call a model over gRPC
   tfcluster deploy  apply|promote|status Kubernetes: the tf-serving chart and model versions
   tfcluster submit  [flags] -- cmd       a Ray job (dashboard address) or a RayJob resource
@@ -23,6 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "sweep": ("tfcluster.tune.cli", "hyperparameter sweep with Ray Tune"),
     "export": ("tfcluster.export_cli", "export a checkpoint as a versioned SavedModel"),
     "serve": ("tfcluster.serving.server", "local model server with TF Serving's API and flags"),
+    "sync-models": ("tfcluster.serving.sync", "mirror complete model versions from a bucket into a folder"),
     "predict": ("tfcluster.serving.cli", "call a served model over gRPC"),
     "deploy": ("tfcluster.deploy", "deploy serving to Kubernetes, promote versions"),
     "submit": ("tfcluster.submit", "submit a training job to Ray or KubeRay"),

@@ -17,15 +17,16 @@ class UserError(Exception):
 
 
 def require_file(path: str, what: str = "file") -> str:
-    """Return `path` when it exists (local or a TensorFlow file-system URI), else a UserError."""
+    """Return `path` when it exists (a local path, or a URI such as s3://, gs://), else a UserError."""
     import os
 
     if "://" in path:
-        import tensorflow as tf
+        from tfcluster import storage
 
-        if tf.io.gfile.exists(path):
+        if storage.exists(path):
             return path
-    elif os.path.exists(path):
+        raise UserError(f"{what} not found: {storage.display(path)} ({storage.missing_cause(path)})")
+    if os.path.exists(path):
         return path
     raise UserError(f"{what} not found: {path}")
 

@@ -3,6 +3,11 @@
 A version is written under a hidden temporary folder next to its final place and then
 renamed, so a model server polling `<base>/<model>/` (TF Serving or tfcluster's own)
 never sees half a model: it only ever lists complete, numeric version folders.
+
+In a bucket (`--model_base_path s3://...`, `gs://...`), where there is no rename, the version is
+written locally and uploaded file by file with `saved_model.pb` last: a version folder that has
+its SavedModel file has all of its variables and assets, and the servers (and
+`tfcluster sync-models`) take only such folders. A failed upload removes what it wrote.
 """
 
 from __future__ import annotations
@@ -21,13 +26,10 @@ _VERSION = re.compile(r"^\d+$")
 
 
 def versions(base: str, name: str) -> list[int]:
-    """The numeric version folders of model `name` under `base`, ascending."""
-    import tensorflow as tf
+    """The numeric version folders of model `name` under `base` (a folder or a bucket URI), ascending."""
+    from tfcluster import storage
 
-    d = os.path.join(base, name)
-    if not tf.io.gfile.isdir(d):
-        return []
-    return sorted(int(p.rstrip("/")) for p in tf.io.gfile.listdir(d) if _VERSION.match(p.rstrip("/")))
+    return sorted(int(p) for p in storage.listdir(storage.join(base, name)) if _VERSION.match(p))
 
 
 def next_version(base: str, name: str) -> int:
@@ -114,23 +116,37 @@ def save_version(
 
     `signatures` maps signature names to concrete functions; `spec.signature` must be one.
     """
+    import shutil
+    import tempfile
+
     import tensorflow as tf
+
+    from tfcluster import storage
 
     if spec.signature not in signatures:
         raise ValueError(f"export of {spec.name} lacks the {spec.signature!r} signature")
-    model_dir = os.path.join(model_base_path, spec.name)
-    tf.io.gfile.makedirs(model_dir)
+    remote = storage.is_uri(model_base_path)
+    model_dir = storage.join(model_base_path, spec.name)
+    if not remote:
+        tf.io.gfile.makedirs(model_dir)
     version = version or next_version(model_base_path, spec.name)
-    final = os.path.join(model_dir, str(version))
-    if tf.io.gfile.exists(final):
-        raise UserError(f"version {version} of {spec.name} already exists at {final}")
-    tmp = os.path.join(model_dir, f".tmp-{version}-{uuid.uuid4().hex[:8]}")
+    final = storage.join(model_dir, str(version))
+    if storage.exists(final):
+        raise UserError(f"version {version} of {spec.name} already exists at {storage.display(final)}")
+    tmp = (tempfile.mkdtemp(prefix=f"export-{spec.name}-{version}-", dir=storage.cache_root()) if remote
+           else os.path.join(model_dir, f".tmp-{version}-{uuid.uuid4().hex[:8]}"))
     signatures = {k: f.get_concrete_function() if hasattr(f, "get_concrete_function") else f for k, f in signatures.items()}
     module.serving_variables = captured_variables(signatures.values())
-    tf.saved_model.save(module, tmp, signatures=signatures)
-    if warmup:
-        write_warmup(tmp, spec, warmup)
-    tf.io.gfile.rename(tmp, final)
+    try:
+        tf.saved_model.save(module, tmp, signatures=signatures)
+        if warmup:
+            write_warmup(tmp, spec, warmup)
+        if remote:
+            storage.upload_tree(tmp, final)  # saved_model.pb last
+        else:
+            tf.io.gfile.rename(tmp, final)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return final
 
 
@@ -138,7 +154,9 @@ def check_signature(path: str, spec: contract.ModelSpec) -> None:
     """Raise ValueError when the SavedModel at `path` does not match the contract."""
     import tensorflow as tf
 
-    loaded = tf.saved_model.load(path)
+    from tfcluster import storage
+
+    loaded = tf.saved_model.load(storage.local_tree(path))
     fn = loaded.signatures.get(spec.signature)
     if fn is None:
         raise ValueError(f"{path}: no {spec.signature!r} signature")

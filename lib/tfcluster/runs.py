@@ -24,7 +24,7 @@ import time
 from typing import Any
 
 from tfcluster import config as config_mod
-from tfcluster import quiet
+from tfcluster import quiet, storage
 from tfcluster.errors import UserError
 
 CKPT_DIR = "ckpt"
@@ -118,19 +118,9 @@ def storage_root(cfg: Any) -> str:
     return getattr(cfg, "storage_path", "") or config_mod.abs_path(os.path.join(cfg.out_dir, "ray"))
 
 
-def join(uri_or_path: str, *parts: str) -> str:
-    """`os.path.join` for a local path or a URI whose query (`?endpoint_override=...`) stays at the end."""
-    base, sep, query = uri_or_path.partition("?")
-    return "/".join([base.rstrip("/"), *parts]) + sep + query if "://" in base else os.path.join(base, *parts)
-
-
-def storage_fs(uri_or_path: str):
-    """(pyarrow filesystem, path) of a local path or a URI (s3://, gs://), as Ray resolves its storage."""
-    import pyarrow.fs
-
-    if "://" not in uri_or_path:
-        return pyarrow.fs.LocalFileSystem(), os.path.abspath(uri_or_path)
-    return pyarrow.fs.FileSystem.from_uri(uri_or_path)
+# Local paths and URIs alike (tfcluster.storage): the AWS environment variables reach plain s3:// URIs.
+join = storage.join
+storage_fs = storage.filesystem
 
 
 def exists(fs: Any, path: str) -> bool:
@@ -240,7 +230,8 @@ def init_ray(address: str = "") -> None:
     lib = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     pythonpath = os.pathsep.join(p for p in (lib, os.environ.get("PYTHONPATH", "")) if p)
     runtime_env = _without_job_settings({
-        "env_vars": {"PYTHONPATH": pythonpath, "KERAS_BACKEND": "tensorflow", **quiet.RAY_ENV},
+        # Bucket endpoint and credentials (AWS_*, GOOGLE_APPLICATION_CREDENTIALS) reach workers on every node.
+        "env_vars": {"PYTHONPATH": pythonpath, "KERAS_BACKEND": "tensorflow", **quiet.RAY_ENV, **storage.worker_env()},
         "worker_process_setup_hook": quiet.SETUP_HOOK,
     })
     try:

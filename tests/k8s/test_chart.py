@@ -18,7 +18,9 @@ VALUE_SETS = {
     "defaults": {},
     "gpu": {"gpu": {"enabled": True}},
     "pvc-created": {"modelStorage": {"pvc": {"create": True, "storageClassName": "filestore", "size": "50Gi"}}},
-    "bucket-gs": {"modelStorage": {"type": "bucket", "bucket": {"uri": "gs://tfc-models/models", "credentialsSecret": "gcs-key"}}},
+    "bucket-gs": {"modelStorage": {"type": "bucket", "bucket": {"uri": "gs://tfc-models/models", "credentialsSecret": "gcs-key",
+                                                                 "sync": {"enabled": False}}}},
+    "bucket-gs-synced": {"modelStorage": {"type": "bucket", "bucket": {"uri": "gs://tfc-models/models", "credentialsSecret": "gcs-key"}}},
     "bucket-s3": {"modelStorage": {"type": "bucket", "bucket": {"uri": "s3://tfc-models/models", "credentialsSecret": "aws-keys",
                                                                  "s3": {"endpoint": "minio.minio:9000", "useHttps": False}}}},
     "hpa-on": {"autoscaling": {"enabled": True, "targetMemoryUtilizationPercentage": 80}},
@@ -218,14 +220,42 @@ def test_gcs_bucket_storage(render):
     assert not any(v["name"] == "models" for v in pod["volumes"])
 
 
-def test_s3_bucket_storage(render):
-    objs = render(VALUE_SETS["bucket-s3"])
-    assert model_config(objs).model_config_list.config[0].base_path == "s3://tfc-models/models/nmt"
-    env = {e["name"]: e for e in container(objs)["env"]}
-    assert env["S3_ENDPOINT"]["value"] == "minio.minio:9000"
-    assert env["S3_USE_HTTPS"]["value"] == "0" and env["S3_VERIFY_SSL"]["value"] == "1"
-    assert env["AWS_ACCESS_KEY_ID"]["valueFrom"]["secretKeyRef"] == {"name": "aws-keys", "key": "AWS_ACCESS_KEY_ID"}
-    assert env["AWS_SECRET_ACCESS_KEY"]["valueFrom"]["secretKeyRef"]["name"] == "aws-keys"
+def test_s3_bucket_storage_is_mirrored_into_a_folder_tf_serving_reads(render):
+    """TF Serving has no s3:// since 2.7: `tfcluster sync-models` (init container, then sidecar) fills an
+    emptyDir from the bucket, and TF Serving reads that folder."""
+    objs = render({"models": [{"name": "nmt"}, {"name": "dcgan"}], **VALUE_SETS["bucket-s3"]})
+    assert [c.base_path for c in model_config(objs).model_config_list.config] == ["/models/nmt", "/models/dcgan"]
+    server = container(objs)
+    assert not any(e["name"].startswith(("AWS_", "S3_")) for e in server.get("env", []))  # no bucket access at all
+    assert {"name": "models", "mountPath": "/models", "readOnly": True} in server["volumeMounts"]
+    pod = one(objs, "Deployment")["spec"]["template"]["spec"]
+    assert {"name": "models", "emptyDir": {"sizeLimit": "20Gi"}} in pod["volumes"]
+    (init,), sidecar = pod["initContainers"], pod["containers"][1]
+    for c, tail in ((init, ["--once"]), (sidecar, ["--interval=30"])):
+        assert c["image"] == "tfcluster/train:0.1.0" and c["command"] == ["tfcluster"]
+        assert c["args"] == ["sync-models", "s3://tfc-models/models", "/models", "--models=nmt,dcgan", *tail]
+        assert {"name": "models", "mountPath": "/models"} in c["volumeMounts"]
+        env = {e["name"]: e for e in c["env"]}
+        assert env["AWS_ENDPOINT_URL"]["value"] == "http://minio.minio:9000" and env["AWS_REGION"]["value"] == "us-east-1"
+        assert env["AWS_ACCESS_KEY_ID"]["valueFrom"]["secretKeyRef"] == {"name": "aws-keys", "key": "AWS_ACCESS_KEY_ID"}
+        assert env["AWS_SECRET_ACCESS_KEY"]["valueFrom"]["secretKeyRef"]["name"] == "aws-keys"
+        assert c["securityContext"]["readOnlyRootFilesystem"] is True
+
+
+def test_gcs_bucket_synced_mounts_the_key_in_the_sync_containers(render):
+    objs = render(VALUE_SETS["bucket-gs-synced"])
+    pod = one(objs, "Deployment")["spec"]["template"]["spec"]
+    sidecar = pod["containers"][1]
+    assert {e["name"]: e.get("value") for e in sidecar["env"]} == {"GOOGLE_APPLICATION_CREDENTIALS": "/var/secrets/bucket/key.json"}
+    assert {"name": "bucket-credentials", "mountPath": "/var/secrets/bucket", "readOnly": True} in sidecar["volumeMounts"]
+    assert {"name": "bucket-credentials", "secret": {"secretName": "gcs-key"}} in pod["volumes"]
+    assert model_config(objs).model_config_list.config[0].base_path == "/models/nmt"
+
+
+def test_s3_without_the_sync_is_refused(chart):
+    with pytest.raises((helm_python.HelmValuesError, helm_python.HelmRenderError), match="s3"):
+        chart.render({"modelStorage": {"type": "bucket", "bucket": {"uri": "s3://b/models", "sync": {"enabled": False}}}},
+                     name="nmt")
 
 
 def test_hpa_on_and_off(render):

@@ -100,12 +100,26 @@ def _decode(contents, channels: int = 0):
 
 
 def scan_folder(pattern: str) -> FolderIndex:
-    """Decode every file matching `pattern` once; unreadable images are skipped and counted."""
+    """Decode every file matching `pattern` once; unreadable images are skipped and counted.
+
+    In a bucket (s3://, gs://) the objects are listed and only the first is fetched (for the channel
+    count): each worker fetches its own shard into the node cache as its pipeline reaches it, and an
+    unreadable object is skipped there."""
     import tensorflow as tf
 
-    files = sorted(tf.io.gfile.glob(pattern))
+    from tfcluster import storage
+
+    files = storage.glob(pattern)
     if not files:
-        raise UserError(f"no images match {pattern}; check --data_dir, --dataset and --input_fname_pattern")
+        raise UserError(f"no images match {storage.display(pattern)}; check --data_dir, --dataset and --input_fname_pattern")
+    if storage.is_uri(pattern):
+        for f in files[:16]:
+            try:
+                c = int(_decode(tf.io.read_file(storage.local_copy(f))).shape[-1])
+            except tf.errors.OpError:
+                continue
+            return FolderIndex(files=tuple(files), channels=1 if c == 1 else 3, skipped=0)
+        raise UserError(f"none of the first {min(16, len(files))} objects matching {storage.display(pattern)} is a readable image")
 
     def probe(path):
         img = _decode(tf.io.read_file(path))
@@ -165,13 +179,21 @@ def folder_dataset(files, *, channels: int, input_height: int, input_width: int,
     """
     import tensorflow as tf
 
+    from tfcluster import storage
+
     ds = tf.data.Dataset.from_tensor_slices(list(files))
     if num_shards > 1:
         ds = ds.shard(num_shards, shard)
     per_shard = len(files) // max(1, num_shards) + 1
+    remote = any(storage.is_uri(f) for f in files)
+
+    def fetch(path):
+        """A bucket object's node-cache copy, fetched when the pipeline first reaches it (this worker's shard only)."""
+        local = tf.py_function(lambda p: storage.local_copy(p.numpy().decode("utf-8")), [path], tf.string)
+        return tf.reshape(local, [])
 
     def load(path):
-        img = _decode(tf.io.read_file(path), channels=channels)
+        img = _decode(tf.io.read_file(fetch(path) if remote else path), channels=channels)
         img = transform(img, input_height=input_height, input_width=input_width, output_height=output_height,
                         output_width=output_width, crop=crop)
         return tf.ensure_shape(img, [output_height, output_width, channels])
@@ -256,6 +278,14 @@ def load_mnist(data_dir: str, dataset: str = "mnist", *, labels: bool = False):
     Looks for `<data_dir>/<dataset>.npz`, `<data_dir>/<dataset>/mnist.npz`, `<data_dir>`
     itself when it is an `.npz`, then for idx files in `<data_dir>/<dataset>/` and `<data_dir>/`.
     """
+    from tfcluster import storage
+
+    if storage.is_uri(data_dir):  # a bucket: the .npz through the node cache
+        remote = [p for p in (storage.join(data_dir, f"{dataset}.npz"), storage.join(data_dir, dataset, "mnist.npz"),
+                              data_dir) if p.partition("?")[0].endswith(".npz") and storage.exists(p)]
+        if not remote:
+            raise UserError(f"no MNIST under {storage.display(data_dir)}: expected {dataset}.npz there")
+        data_dir = storage.local_copy(remote[0])
     npz = [p for p in (os.path.join(data_dir, f"{dataset}.npz"), os.path.join(data_dir, dataset, "mnist.npz"), data_dir)
            if p.endswith(".npz") and os.path.isfile(p)]
     if npz:

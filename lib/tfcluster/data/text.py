@@ -32,13 +32,56 @@ TOKENIZERS = ("space", "simple")
 
 
 def resolve(prefix: str, lang: str, what: str = "corpus") -> str:
-    """`prefix.lang` or `prefix.lang.gz`, whichever exists; a one-line error otherwise."""
-    import tensorflow as tf
+    """`prefix.lang` or `prefix.lang.gz`, whichever exists (a local path, s3:// or gs://); a one-line
+    error otherwise. A prefix with a wildcard must match exactly one file here (see `resolve_all`)."""
+    from tfcluster import storage
 
+    if storage.has_magic(prefix):
+        found = resolve_all(prefix, lang, what)
+        if len(found) != 1:
+            raise UserError(f"{what} prefix {prefix} matches {len(found)} files; this setting takes one")
+        return found[0]
     for path in (f"{prefix}.{lang}", f"{prefix}.{lang}.gz"):
-        if tf.io.gfile.exists(path):
+        if storage.exists(path):
             return path
-    raise UserError(f"{what} file not found: {prefix}.{lang} (nor {prefix}.{lang}.gz)")
+    raise UserError(f"{what} file not found: {storage.display(prefix)}.{lang} (nor .{lang}.gz)"
+                    + (f": {storage.missing_cause(prefix + '.' + lang)}" if storage.is_uri(prefix) else ""))
+
+
+def resolve_all(prefix: str, lang: str, what: str = "corpus") -> list[str]:
+    """Every `prefix.lang[.gz]` file, where `prefix` may hold wildcards (`train-*`), sorted."""
+    from tfcluster import storage
+
+    if not storage.has_magic(prefix):
+        return [resolve(prefix, lang, what)]
+    found = sorted(storage.glob(f"{prefix}.{lang}") + storage.glob(f"{prefix}.{lang}.gz"))
+    if not found:
+        raise UserError(f"no {what} files match {storage.display(prefix)}.{lang}[.gz]")
+    return found
+
+
+def file_pairs(prefix: str, src: str, tgt: str, what: str = "corpus") -> list[tuple[str, str]]:
+    """(source file, target file) pairs of a prefix, matched by their stem (`train-3.en` with `train-3.de`)."""
+    if not any(c in prefix for c in "*?["):
+        return [(resolve(prefix, src, what), resolve(prefix, tgt, what))]
+
+    def stems(lang):
+        return {p.partition("?")[0].removesuffix(".gz").removesuffix(f".{lang}"): p for p in resolve_all(prefix, lang, what)}
+
+    s, t = stems(src), stems(tgt)
+    if set(s) != set(t):
+        odd = sorted(set(s) ^ set(t))[0]
+        raise UserError(f"{prefix}: {odd} has a .{src} or a .{tgt} file but not both; parallel files come in pairs")
+    return [(s[k], t[k]) for k in sorted(s)]
+
+
+def shard_files(pairs: list, num_shards: int, index: int) -> tuple[list, int, int]:
+    """(this worker's files, line shards, line shard index): with at least as many files as workers,
+    each worker takes whole files (`pairs[index::num_shards]`, so it fetches only those); else every
+    worker reads every file and keeps every `num_shards`-th line."""
+    if num_shards > 1 and len(pairs) >= num_shards:
+        return pairs[index::num_shards], 1, 0
+    return pairs, num_shards, index
 
 
 def is_gzip(path: str) -> bool:
@@ -46,10 +89,11 @@ def is_gzip(path: str) -> bool:
 
 
 def read_lines(path: str) -> Iterator[str]:
-    """Lines of a plain or gzip text file, without the trailing newline."""
-    import tensorflow as tf
+    """Lines of a plain or gzip text file (local, or a bucket object read from the node cache), without the
+    trailing newline."""
+    from tfcluster import storage
 
-    with tf.io.gfile.GFile(path, "rb") as raw:
+    with open(storage.local_copy(path), "rb") as raw:
         f = gzip.open(raw, "rt", encoding="utf-8") if is_gzip(path) else (line.decode("utf-8") for line in raw)
         for line in f:
             yield line.rstrip("\r\n")
@@ -120,11 +164,11 @@ def tokenize_py(lines: Iterable[str], mode: str, batch: int = 4096) -> Iterator[
 
 
 def load_vocab(path: str) -> list[str]:
-    import tensorflow as tf
+    from tfcluster import storage
 
-    if not tf.io.gfile.exists(path):
-        raise UserError(f"vocab file not found: {path}")
-    with tf.io.gfile.GFile(path) as f:
+    if not storage.exists(path):
+        raise UserError(f"vocab file not found: {storage.display(path)}")
+    with open(storage.local_copy(path), encoding="utf-8") as f:
         tokens = [line.rstrip("\r\n") for line in f]
     tokens = [t for t in tokens if t]
     if not tokens:
@@ -209,15 +253,22 @@ def both_non_empty(s, t):
     return tf.logical_and(tf.size(s) > 0, tf.size(t) > 0)
 
 
-def text_dataset(path: str):
+def text_dataset(paths: str | list[str]):
+    """Lines of one or more files (plain or gzip, local or in a bucket: read from the node cache)."""
     import tensorflow as tf
 
-    return tf.data.TextLineDataset(path, compression_type="GZIP" if is_gzip(path) else "")
+    from tfcluster import storage
+
+    paths = [paths] if isinstance(paths, str) else list(paths)
+    kinds = {is_gzip(p.partition("?")[0]) for p in paths}
+    if len(kinds) > 1:
+        raise UserError(f"{paths[0]} ...: mix plain and gzip files in one prefix; use one kind")
+    return tf.data.TextLineDataset(storage.local_copies(paths), compression_type="GZIP" if kinds.pop() else "")
 
 
 def train_dataset(
-    src_path: str,
-    tgt_path: str,
+    src_path: str | list[str],
+    tgt_path: str | list[str],
     src_table,
     tgt_table,
     *,

@@ -206,7 +206,15 @@ def fingerprint(path: str) -> str:
     """A digest of the names, sizes and mtimes of the files under `path` (detects a copy in progress)."""
     import tensorflow as tf
 
+    from tfcluster import storage
+
     h = hashlib.sha1()
+    if storage.is_uri(path):
+        try:
+            h.update(repr(storage.walk_files(path)).encode())
+        except Exception as e:  # noqa: BLE001 - the bucket is unreachable for now
+            h.update(repr(e).encode())
+        return h.hexdigest()
     try:
         for root, _dirs, files in tf.io.gfile.walk(path):
             for f in sorted(files):
@@ -324,18 +332,25 @@ class ModelManager:
 
     def _on_disk(self, m: Model) -> dict[int, str]:
         """Version -> its folder's path. As TF Serving reads a base path: every child folder whose
-        name parses as a non-negative integer (`123`, `00000123`) is that version."""
-        import tensorflow as tf
+        name parses as a non-negative integer (`123`, `00000123`) is that version. In a bucket
+        (s3://, gs://) a version counts once its SavedModel file is there (exports upload it last)."""
+        from tfcluster import storage
 
         base = m.config.base_path
         try:
-            entries = sorted(e.rstrip("/") for e in tf.io.gfile.listdir(base))
-        except Exception:  # noqa: BLE001 - missing folder
+            entries = storage.listdir(base)
+        except Exception as e:  # noqa: BLE001 - unreachable bucket: keep serving what is loaded
+            if storage.is_uri(base):
+                log.warning("Cannot list %s: %s", storage.display(base), e)
+                return {vs.version: vs.path for vs in m.versions.values() if vs.state == AVAILABLE}
             entries = []
         found: dict[int, str] = {}
         for e in entries:
             if _VERSION_DIR.match(e):
-                found.setdefault(int(e), os.path.join(base, e))  # "0123" and "123": the first in name order
+                path = storage.join(base, e)
+                if storage.is_uri(base) and int(e) not in m.versions and not storage.is_complete_version(path):
+                    continue  # still uploading
+                found.setdefault(int(e), path)  # "0123" and "123": the first in name order
         if not found and not m.warned_empty:
             log.warning("No versions of servable %s found under base path %s", m.config.name, base)
         m.warned_empty = not found
@@ -376,6 +391,8 @@ class ModelManager:
                 del m.versions[v]
 
     def _load(self, m: Model, vs: VersionState) -> None:
+        from tfcluster import storage
+
         name = m.config.name
         vs.state, vs.error = LOADING, None
         vs.attempts += 1
@@ -384,7 +401,8 @@ class ModelManager:
         t0 = time.monotonic()
         log.info("Loading servable version {name: %s version: %d} from %s", name, vs.version, vs.path)
         try:
-            servable = Servable(name, vs.version, vs.path, self.opts.tags, self.opts.session_config)
+            # A version in a bucket is loaded from its node-cache copy (TensorFlow reads no s3://).
+            servable = Servable(name, vs.version, storage.local_tree(vs.path), self.opts.tags, self.opts.session_config)
             if self.opts.warmup is not None:
                 self.opts.warmup(servable)
         except Exception as e:  # noqa: BLE001 - any failure leaves the previous version serving

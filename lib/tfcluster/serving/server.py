@@ -100,9 +100,15 @@ def model_server_config(args):
         cfg.model_config_list.config.add(name=args.model_name, base_path=args.model_base_path, model_platform="tensorflow")
     else:
         raise UserError("give --model_base_path (with --model_name) or --model_config_file")
+    from tfcluster import storage
+
     for mc in cfg.model_config_list.config:
         if "://" not in mc.base_path:
             mc.base_path = os.path.abspath(mc.base_path)
+        # A bucket: refused credentials, an unreachable endpoint or a missing bucket are one line now, not a
+        # silent poll; an empty prefix is fine (versions appear there when a job exports).
+        elif storage.info(mc.base_path) is None and (cause := storage.missing_cause(mc.base_path)).startswith("the bucket"):
+            raise UserError(f"model {mc.name}: base path {storage.display(mc.base_path)}: {cause}")
     return cfg
 
 

@@ -16,7 +16,7 @@ import time
 from typing import Any
 
 from tfcluster import config as config_mod
-from tfcluster import quiet, runs
+from tfcluster import quiet, runs, storage
 from tfcluster.train.loop import FAIL_AT_STEP_ENV, WorkerContext, latest_checkpoint, run_loop
 
 
@@ -76,6 +76,9 @@ def train_loop_per_worker(config: dict) -> None:
     from tfcluster import workloads
     from tfcluster.train.loop import copy_checkpoint
 
+    # The driver's bucket settings (AWS_*, GOOGLE_APPLICATION_CREDENTIALS), also when this cluster was
+    # started without them: data and exports in s3:// / gs:// read the same buckets on every node.
+    os.environ.update(config.get("storage_env") or {})
     if config.get("fail_at_step"):
         os.environ[FAIL_AT_STEP_ENV] = str(config["fail_at_step"])
     wl = workloads.get(config["workload"])
@@ -86,13 +89,13 @@ def train_loop_per_worker(config: dict) -> None:
     quiet.warn_if_no_gpu(cfg.use_gpu, f"worker {ctx.rank} ({os.uname().nodename})")
     if ctx.is_chief:
         _say_where(cfg.out_dir, ctx)
-    storage = tctx.get_storage()
-    best_path = os.path.join(storage.experiment_fs_path, runs.BEST_DIR)
+    stored_run = tctx.get_storage()
+    best_path = os.path.join(stored_run.experiment_fs_path, runs.BEST_DIR)
 
     def report(metrics: dict, ckpt: str | None, is_best: bool = False) -> None:
         values = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
         if is_best and ctx.is_chief:
-            runs.upload_dir(os.path.join(cfg.out_dir, runs.BEST_DIR), storage.storage_filesystem, best_path)
+            runs.upload_dir(os.path.join(cfg.out_dir, runs.BEST_DIR), stored_run.storage_filesystem, best_path)
             if not ckpt:  # the chief alone, after the loop (--avg_ckpts): storage's best/ is all that changes
                 return
         if not (ckpt and ctx.is_chief):
@@ -104,14 +107,14 @@ def train_loop_per_worker(config: dict) -> None:
 
     # The newest checkpoint in storage (what Ray Train's get_checkpoint() names, or a newer one it
     # had not registered when a node went away), downloaded to this node.
-    stored = runs.latest_stored_checkpoint(storage.storage_filesystem, storage.experiment_fs_path)
+    stored = runs.latest_stored_checkpoint(stored_run.storage_filesystem, stored_run.experiment_fs_path)
     with tempfile.TemporaryDirectory(prefix="tfcluster-restore-") as restore_dir:
         if stored is None:
             checkpoint = ray.train.get_checkpoint()
             if checkpoint is not None:
                 checkpoint.to_directory(restore_dir)
         else:
-            runs.download_dir(storage.storage_filesystem, stored, restore_dir)
+            runs.download_dir(stored_run.storage_filesystem, stored, restore_dir)
         run_loop(lambda strategy: wl.task(cfg, strategy, ctx), cfg, ctx, report, restore_dir=restore_dir)
 
 
@@ -156,6 +159,7 @@ def run(wl: Any, cfg: Any) -> dict[str, Any]:
             "workload": wl.name,
             "config": config_mod.to_dict(cfg),
             "fail_at_step": os.environ.get(FAIL_AT_STEP_ENV),  # fault injection for the restart test
+            "storage_env": storage.worker_env(),
         },
         scaling_config=scaling(cfg),
         run_config=run_config(cfg, wl.name),

@@ -161,7 +161,9 @@ def folder_index(cfg: Config):
 
     if tf.io.gfile.exists(cfg.index_path):
         return images.read_index(cfg.index_path)
-    return images.scan_folder(os.path.join(cfg.data_dir, cfg.dataset, cfg.input_fname_pattern))
+    from tfcluster import storage
+
+    return images.scan_folder(storage.join(cfg.data_dir, cfg.dataset, cfg.input_fname_pattern))
 
 
 def prepare(cfg: Config) -> Config:

@@ -154,13 +154,17 @@ def prepare(cfg: Config) -> Config:
         raise UserError("--src and --tgt are required (language suffixes, e.g. --src en --tgt de)")
     if not cfg.train_prefix:
         raise UserError("--train_prefix is required (files prefix.src and prefix.tgt)")
-    src_train, tgt_train = text.resolve(cfg.train_prefix, cfg.src), text.resolve(cfg.train_prefix, cfg.tgt)
-    text.check_parallel(src_train, tgt_train)
+    pairs = text.file_pairs(cfg.train_prefix, cfg.src, cfg.tgt)
+    for src_file, tgt_file in pairs:
+        text.check_parallel(src_file, tgt_file)
     for prefix in (cfg.dev_prefix, cfg.test_prefix):
         if prefix:
             text.check_parallel(text.resolve(prefix, cfg.src), text.resolve(prefix, cfg.tgt))
     tf.io.gfile.makedirs(cfg.out_dir)
-    for lang, path, out in ((cfg.src, src_train, cfg.vocab_files[0]), (cfg.tgt, tgt_train, cfg.vocab_files[1])):
+    named = cfg.train_prefix if len(pairs) > 1 else None
+    for lang, files, out in ((cfg.src, [p[0] for p in pairs], cfg.vocab_files[0]),
+                             (cfg.tgt, [p[1] for p in pairs], cfg.vocab_files[1])):
+        path = named and f"{named}.{lang} ({len(files)} files)" or files[0]
         if tf.io.gfile.exists(out):
             continue  # resume: ids must not change
         if cfg.vocab_prefix:
@@ -168,7 +172,8 @@ def prepare(cfg: Config) -> Config:
             if changed:
                 print(f"# vocab {cfg.vocab_prefix}.{lang} did not start with <unk> <s> </s>; prepended them, saved {out}")
         else:
-            vocab = text.build_vocab(text.tokenize_py(text.read_lines(path), cfg.tokenize), cfg.vocab_size,
+            lines = (line for f in files for line in text.read_lines(f))
+            vocab = text.build_vocab(text.tokenize_py(lines, cfg.tokenize), cfg.vocab_size,
                                      cfg.words_min_frequency)
             cut = f" (tokens seen at least {cfg.words_min_frequency} times)" if cfg.words_min_frequency > 1 else ""
             print(f"# built a {len(vocab)}-token vocabulary{cut} from {path}, saved {out}")

@@ -448,15 +448,18 @@ class Task(TaskBase):
 
     def dataset(self, input_context):
         cfg = self.cfg
+        # This worker's files only (whole files when there are enough of them, else every Nth line).
+        pairs, num_shards, shard_index = text.shard_files(
+            text.file_pairs(cfg.train_prefix, cfg.src, cfg.tgt),
+            input_context.num_input_pipelines if input_context else 1,
+            input_context.input_pipeline_id if input_context else 0)
         return text.train_dataset(
-            text.resolve(cfg.train_prefix, cfg.src), text.resolve(cfg.train_prefix, cfg.tgt),
+            [s for s, _ in pairs], [t for _, t in pairs],
             self.src_table, self.tgt_table,
             batch_size=input_context.get_per_replica_batch_size(cfg.batch_size) if input_context else cfg.batch_size,
             tokenizer=cfg.tokenize, src_max_len=cfg.src_max_len, tgt_max_len=cfg.tgt_max_len,
             num_buckets=cfg.num_buckets,
-            num_shards=input_context.num_input_pipelines if input_context else 1,
-            shard_index=input_context.input_pipeline_id if input_context else 0,
-            seed=cfg.seed,
+            num_shards=num_shards, shard_index=shard_index, seed=cfg.seed,
         )
 
     def replica_step(self, batch):
@@ -652,8 +655,9 @@ def translate_file(cfg: Config, which: str = "best") -> list[str]:
         res = module.serve(tf.constant(lines[i : i + cfg.infer_batch_size]))
         out += [s.decode("utf-8") for s in res[contract.NMT.outputs[0].key].numpy()]
     if cfg.inference_output_file:
-        with tf.io.gfile.GFile(cfg.inference_output_file, "w") as f:
-            f.write("\n".join(out) + "\n")
+        from tfcluster import storage
+
+        storage.write_bytes(cfg.inference_output_file, ("\n".join(out) + "\n").encode("utf-8"))
         print(f"# translated {len(lines)} lines with {path} -> {cfg.inference_output_file}")
     else:
         print("\n".join(out))

@@ -76,7 +76,7 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- $root := .root }}
 {{- if .model.basePath }}
 {{- .model.basePath }}
-{{- else if eq $root.Values.modelStorage.type "bucket" }}
+{{- else if and (eq $root.Values.modelStorage.type "bucket") (not $root.Values.modelStorage.bucket.sync.enabled) }}
 {{- printf "%s/%s" (trimSuffix "/" $root.Values.modelStorage.bucket.uri) .model.name }}
 {{- else }}
 {{- printf "%s/%s" (trimSuffix "/" $root.Values.modelStorage.mountPath) .model.name }}
@@ -149,10 +149,93 @@ httpGet:
   scheme: HTTP
 {{- end }}
 
+{{/* Whether TF Serving reads a folder that `tfcluster sync-models` fills from the bucket. */}}
+{{- define "tf-serving.bucketSync" -}}
+{{- if and (eq .Values.modelStorage.type "bucket") .Values.modelStorage.bucket.sync.enabled }}true{{ end }}
+{{- end }}
+
+{{/*
+Environment of the sync containers: the standard AWS variables that boto3, the AWS CLI and
+tfcluster's storage read (AWS_ENDPOINT_URL for MinIO and other S3-compatible stores), or
+GOOGLE_APPLICATION_CREDENTIALS for gs://; credentials from the Secret, else workload identity.
+*/}}
+{{- define "tf-serving.syncEnv" -}}
+{{- $storage := .Values.modelStorage }}
+{{- if hasPrefix "gs://" $storage.bucket.uri }}
+{{- if $storage.bucket.credentialsSecret }}
+- name: GOOGLE_APPLICATION_CREDENTIALS
+  value: /var/secrets/bucket/{{ $storage.bucket.gcs.keyFile }}
+{{- end }}
+{{- else }}
+- name: AWS_REGION
+  value: {{ $storage.bucket.s3.region | quote }}
+{{- with $storage.bucket.s3.endpoint }}
+- name: AWS_ENDPOINT_URL
+  value: {{ if contains "://" . }}{{ . | quote }}{{ else }}{{ printf "%s://%s" (ternary "https" "http" $storage.bucket.s3.useHttps) . | quote }}{{ end }}
+{{- end }}
+{{- with $storage.bucket.credentialsSecret }}
+- name: AWS_ACCESS_KEY_ID
+  valueFrom:
+    secretKeyRef:
+      name: {{ . }}
+      key: AWS_ACCESS_KEY_ID
+- name: AWS_SECRET_ACCESS_KEY
+  valueFrom:
+    secretKeyRef:
+      name: {{ . }}
+      key: AWS_SECRET_ACCESS_KEY
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* One sync container: `--once` as the init container, a loop as the sidecar. */}}
+{{- define "tf-serving.syncContainer" -}}
+{{- $root := .root }}
+{{- $storage := $root.Values.modelStorage }}
+{{- $sync := $storage.bucket.sync }}
+- name: {{ .name }}
+  image: {{ printf "%s:%s" $sync.image.repository $sync.image.tag }}
+  imagePullPolicy: {{ $sync.image.pullPolicy }}
+  command:
+    - tfcluster
+  args:
+    - sync-models
+    - {{ $storage.bucket.uri | quote }}
+    - {{ $storage.mountPath | quote }}
+    {{- $names := list }}
+    {{- range $root.Values.models }}
+    {{- $names = append $names .name }}
+    {{- end }}
+    - --models={{ join "," $names }}
+    {{- if .once }}
+    - --once
+    {{- else }}
+    - --interval={{ int $sync.intervalSeconds }}
+    {{- end }}
+  {{- with include "tf-serving.syncEnv" $root | trim }}
+  env:
+    {{- . | nindent 4 }}
+  {{- end }}
+  resources:
+    {{- toYaml $sync.resources | nindent 4 }}
+  securityContext:
+    {{- toYaml $root.Values.securityContext | nindent 4 }}
+  volumeMounts:
+    - name: models
+      mountPath: {{ $storage.mountPath }}
+    - name: tmp
+      mountPath: /tmp
+    {{- if and $storage.bucket.credentialsSecret (hasPrefix "gs://" $storage.bucket.uri) }}
+    - name: bucket-credentials
+      mountPath: /var/secrets/bucket
+      readOnly: true
+    {{- end }}
+{{- end }}
+
 {{/* Environment: bucket credentials and settings for TF Serving's gs:// and s3:// file systems, then extraEnv. */}}
 {{- define "tf-serving.env" -}}
 {{- $storage := .Values.modelStorage }}
-{{- $bucket := eq $storage.type "bucket" }}
+{{- $bucket := and (eq $storage.type "bucket") (not (include "tf-serving.bucketSync" .)) }}
 {{- if and $bucket (hasPrefix "gs://" $storage.bucket.uri) $storage.bucket.credentialsSecret }}
 - name: GOOGLE_APPLICATION_CREDENTIALS
   value: /var/secrets/bucket/{{ $storage.bucket.gcs.keyFile }}

@@ -109,11 +109,14 @@ def find_fonts(spec: str = "") -> tuple[str | None, ...]:
 
     if spec:
         found: list[str] = []
+        from tfcluster import storage
+
         for part in filter(None, (p.strip() for p in spec.split(","))):
-            matches = sorted(glob.glob(os.path.expanduser(part)))
+            # Local globs, or s3:// / gs:// objects fetched into the node cache.
+            matches = storage.glob(part if storage.is_uri(part) else os.path.expanduser(part))
             if not matches:
-                raise UserError(f"--fonts: no font file matches {part!r}")
-            found += matches
+                raise UserError(f"--fonts: no font file matches {storage.display(part)!r}")
+            found += storage.local_copies(matches)
         return tuple(found)
     found = []
     for d in FONT_DIRS:
