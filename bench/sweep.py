@@ -56,6 +56,7 @@ def curve(exp_dir: str) -> list[dict]:
 
 
 def run_sweep(scheduler: str, a: argparse.Namespace, space_file: str) -> dict:
+    from tfcluster import workloads
     from tfcluster.tune import sweep
 
     name = f"{scheduler}-{a.tag}"
@@ -69,8 +70,8 @@ def run_sweep(scheduler: str, a: argparse.Namespace, space_file: str) -> dict:
     exp_dir = os.path.join(a.storage_path, name)
     results = os.path.join(exp_dir, "results.csv")
     if not (a.reuse and os.path.exists(results)):
-        sc, cfg, explicit = sweep.parse("nmt", argv)
-        sweep.run(sc, cfg, explicit)
+        sc, cfg, explicit = sweep.parse(workloads.get("nmt"), argv)
+        sweep.run(workloads.get(sc.workload), sc, cfg, explicit)
     rows = curve(exp_dir)
     with open(results) as f:
         trials = list(csv.DictReader(f))

@@ -55,9 +55,6 @@ def tf_serving_run():
 
 
 S3_STAND_IN = os.environ.get("TFCLUSTER_S3_STAND_IN", "")
-needs_s3_stand_in = pytest.mark.skipif(
-    not os.path.isdir(os.path.join(S3_STAND_IN, "moto")),
-    reason="no S3 stand-in: run through `make test` (it installs moto into .venv/s3-stand-in)")
 
 
 @pytest.fixture(scope="session")

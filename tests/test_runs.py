@@ -44,14 +44,14 @@ def test_rl_preset_comes_from_the_contract_and_flags_win():
 
 
 def test_sweep_settings_are_one_dataclass_with_documented_flags():
-    sc, cfg, explicit = sweep.parse("nmt", ["--num_samples", "3", "--resume", "--name", "x", "--num_units", "8"])
+    sc, cfg, explicit = sweep.parse(workloads.get("nmt"), ["--num_samples", "3", "--resume", "--name", "x", "--num_units", "8"])
     assert (sc.num_samples, sc.resume, sc.name, sc.workload) == (3, True, "x", "nmt")
     assert explicit == {"num_units": 8} and cfg.num_units == 8
     docs = config_mod.field_docs(sweep.SweepConfig)
     flagged = [f.name for f in dataclasses.fields(sweep.SweepConfig) if f.metadata.get("flag", True)]
     assert flagged and all(docs.get(n) for n in flagged)
     with pytest.raises(SystemExit):
-        sweep.parse("nmt", ["--scheduler", "bogus"])
+        sweep.parse(workloads.get("nmt"), ["--scheduler", "bogus"])
 
 
 @pytest.mark.parametrize(("value", "best", "mode", "better"), [

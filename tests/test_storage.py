@@ -11,12 +11,10 @@ import time
 import numpy as np
 import pytest
 
-from conftest import needs_s3_stand_in, upload
 from tfcluster import contract, export, storage
 from tfcluster.data import text
 from tfcluster.errors import UserError
 
-pytestmark = needs_s3_stand_in
 
 
 def cache_files(tmp_path):
@@ -140,18 +138,18 @@ def test_an_export_to_a_bucket_is_never_seen_half_written(s3, tmp_path):
     assert storage.listdir(f"{base}/pg") == ["1"]  # no partial version 2
 
 
-def test_sync_models_mirrors_complete_versions_and_a_server_polling_the_folder_serves_them(s3, tmp_path):
+def test_sync_models_mirrors_complete_versions_and_a_server_polling_the_folder_serves_them(s3_upload, s3, tmp_path):
     from tfcluster.serving import Client, LocalServer, tiny
     from tfcluster.serving.sync import main as sync_main
 
     local = tmp_path / "exports"
     v1 = tiny.export(tiny.pg_policy(0), str(local), contract.PG)
     v2 = tiny.export(tiny.pg_policy(1), str(local), contract.PG)
-    upload(v1, f"{s3}/models/pg/1")
+    s3_upload(v1, f"{s3}/models/pg/1")
     # version 2 is mid-upload: everything but its saved_model.pb
     for name, _s, _t in storage.walk_files(v2):
         if name != "saved_model.pb":
-            upload(os.path.join(v2, name), f"{s3}/models/pg/2/{name}")
+            s3_upload(os.path.join(v2, name), f"{s3}/models/pg/2/{name}")
     dst = tmp_path / "mirror"
     assert sync_main([f"{s3}/models", str(dst), "--once"]) == 0
     assert sorted(os.listdir(dst / "pg")) == ["1"]
@@ -164,7 +162,7 @@ def test_sync_models_mirrors_complete_versions_and_a_server_polling_the_folder_s
         obs = np.array([[0.1, -0.2, 0.3, 0.0]], np.float32)
         assert client.metadata("pg").version == 1
 
-        upload(os.path.join(v2, "saved_model.pb"), f"{s3}/models/pg/2/saved_model.pb")  # the upload completes
+        s3_upload(os.path.join(v2, "saved_model.pb"), f"{s3}/models/pg/2/saved_model.pb")  # the upload completes
         storage.delete_tree(f"{s3}/models/pg/1")  # and version 1 is retired at the source
         assert sync_main([f"{s3}/models", str(dst), "--once", "--models", "pg"]) == 0
         assert sorted(os.listdir(dst / "pg")) == ["2"]  # no .tmp- or .removed- folders left

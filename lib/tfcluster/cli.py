@@ -6,6 +6,7 @@
   tfcluster serve   [flags]              local model server with tensorflow_model_server's flags
   tfcluster sync-models SRC DST          mirror complete versions from a bucket into a folder (TF Serving's sidecar)
   tfcluster predict [flags] [inputs]     call a model over gRPC
+  tfcluster release --model M [flags]    canary -> stable when the new version is as good on held-out data
   tfcluster deploy  apply|promote|status Kubernetes: the tf-serving chart and model versions
   tfcluster submit  [flags] -- cmd       a Ray job (dashboard address) or a RayJob resource
   tfcluster cluster up|down|status       a local Ray head on 127.0.0.1 with token auth
@@ -20,12 +21,13 @@ import sys
 from tfcluster.errors import main_guard
 
 COMMANDS: dict[str, tuple[str, str]] = {
-    "train": ("tfcluster.train.cli", "train a workload on Ray"),
-    "sweep": ("tfcluster.tune.cli", "hyperparameter sweep with Ray Tune"),
+    "train": ("tfcluster.train_cli", "train a workload on Ray"),
+    "sweep": ("tfcluster.sweep_cli", "hyperparameter sweep with Ray Tune"),
     "export": ("tfcluster.export_cli", "export a checkpoint as a versioned SavedModel"),
     "serve": ("tfcluster.serving.server", "local model server with TF Serving's API and flags"),
     "sync-models": ("tfcluster.serving.sync", "mirror complete model versions from a bucket into a folder"),
     "predict": ("tfcluster.serving.cli", "call a served model over gRPC"),
+    "release": ("tfcluster.release", "promote a version to stable only when it is as good, measured over gRPC"),
     "deploy": ("tfcluster.deploy", "deploy serving to Kubernetes, promote versions"),
     "submit": ("tfcluster.submit", "submit a training job to Ray or KubeRay"),
     "cluster": ("tfcluster.cluster", "start or stop a local Ray cluster"),

@@ -54,6 +54,11 @@ class RunConfig:
     """Random seed; worker i uses seed + i."""
     steps_per_stats: int = 100
     """Print a stats line and append to metrics.jsonl every this many steps (tensorflow/nmt: 100)."""
+    promote: str = ""
+    """After the export, gate the new version into `stable` (`tfcluster release`, on the run's dev data or env):
+    the models.config of a local server, or k8s:<namespace>/<release> for a tf-serving chart release; empty: no gate."""
+    promote_server: str = ""
+    """gRPC address of the server --promote evaluates through (default: 127.0.0.1:8500, or the release's Service)."""
 
     def check_run(self) -> None:
         if self.steps_per_stats < 1:

@@ -14,6 +14,7 @@ and the Helm values read these names, so no string is repeated anywhere else.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, Callable, Literal
 
 DEFAULT_SIGNATURE = "serving_default"
 WARMUP_FILE = "assets.extra/tf_serving_warmup_requests"
@@ -42,6 +43,20 @@ class ModelSpec:
 
     def output(self, key: str) -> Tensor:
         return next(t for t in self.outputs if t.key == key)
+
+
+@dataclass(frozen=True)
+class ReleaseCheck:
+    """How `tfcluster release` judges a served version of a workload's model: `evaluate(served, data)`
+    calls the version through the serving API (`served(inputs, signature=None)` -> outputs) on the
+    evaluation set named by `data` (the release command's --source_file, --image_dir, --env, ...) and
+    returns `metric`; `mode` says whether higher ("max") or lower ("min") is better. `from_run(cfg)`
+    gives the evaluation set of a training run (its dev data, its env) for `--promote`."""
+
+    metric: str
+    mode: Literal["max", "min"]
+    evaluate: Callable[[Any, dict[str, Any]], float]
+    from_run: Callable[[Any], dict[str, Any]]
 
 
 NMT = ModelSpec(

@@ -16,21 +16,6 @@ class UserError(Exception):
     """
 
 
-def require_file(path: str, what: str = "file") -> str:
-    """Return `path` when it exists (a local path, or a URI such as s3://, gs://), else a UserError."""
-    import os
-
-    if "://" in path:
-        from tfcluster import storage
-
-        if storage.exists(path):
-            return path
-        raise UserError(f"{what} not found: {storage.display(path)} ({storage.missing_cause(path)})")
-    if os.path.exists(path):
-        return path
-    raise UserError(f"{what} not found: {path}")
-
-
 def main_guard(fn: F) -> F:
     """Wrap an entry point: a UserError becomes one line on stderr and exit status 2."""
 

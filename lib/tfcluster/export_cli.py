@@ -10,7 +10,8 @@ import argparse
 
 from tfcluster import config as config_mod
 from tfcluster import workloads
-from tfcluster.errors import UserError, require_file
+from tfcluster.errors import UserError
+from tfcluster.storage import require_file
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -262,6 +262,17 @@ def missing_cause(uri: str) -> str:
     return "no such file or object"
 
 
+def require_file(path: str, what: str = "file") -> str:
+    """Return `path` when it exists (a local path, or a URI such as s3://, gs://), else a UserError."""
+    if is_uri(path):
+        if exists(path):
+            return path
+        raise UserError(f"{what} not found: {display(path)} ({missing_cause(path)})")
+    if os.path.exists(path):
+        return path
+    raise UserError(f"{what} not found: {path}")
+
+
 def write_bytes(uri_or_path: str, data: bytes) -> None:
     """Write a whole file, local (folders created) or an object."""
     if not is_uri(uri_or_path):

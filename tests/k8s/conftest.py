@@ -173,6 +173,8 @@ def _handler(state: FakeKube):
                     return self._status(409, "Conflict", "the object has been modified; please apply your changes to the latest version")
                 for k, v in (body.get("data") or {}).items():
                     obj.setdefault("data", {})[k] = v
+                for k, v in ((body.get("metadata") or {}).get("annotations") or {}).items():
+                    obj["metadata"].setdefault("annotations", {})[k] = v
                 state.bump(obj)
                 return self._send(200, obj)
 

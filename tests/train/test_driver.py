@@ -5,6 +5,7 @@ import os
 import pytest
 
 from tfcluster import config as config_mod
+from tfcluster import workloads
 from tfcluster.data import toy
 from tfcluster import runs
 from tfcluster.errors import UserError
@@ -38,7 +39,7 @@ def _scratch_dirs() -> set[str]:
 def test_two_workers_train_export_then_resume(ray_local, tmp_path):
     cfg = small_cfg(tmp_path, num_workers=2, num_train_steps=10, model_base_path=str(tmp_path / "models"))
     before = _scratch_dirs()
-    metrics = driver.run("nmt", cfg)
+    metrics = driver.run(workloads.get("nmt"), cfg)
     assert _scratch_dirs() <= before  # the non-chief's throw-away checkpoints are gone with its run
     assert metrics["export_path"].endswith(os.path.join("models", "nmt", "1"))
     assert steps(cfg.out_dir) == [5, 10]
@@ -46,7 +47,7 @@ def test_two_workers_train_export_then_resume(ray_local, tmp_path):
     assert saved.num_workers == 2 and saved.attention == "luong"
     # The same run with more steps continues from step 10, not from 0.
     more = config_mod.build(nmt.Config, {**config_mod.to_dict(cfg), "num_train_steps": 20})
-    driver.run("nmt", more)
+    driver.run(workloads.get("nmt"), more)
     assert steps(cfg.out_dir) == [5, 10, 15, 20]
     assert os.path.basename(driver.latest_checkpoint(cfg.out_dir)) == "ckpt-20"
 
@@ -56,7 +57,7 @@ def test_two_workers_stop_together_on_the_time_budget_and_average(ray_local, tmp
     worker left in a collective would hang the run), the stop is evaluated, averaged and exported."""
     cfg = small_cfg(tmp_path, num_workers=2, num_train_steps=100000, max_train_minutes=0.4, avg_ckpts=True,
                     decay_scheme="luong234", optimizer="adam", learning_rate=0.01, model_base_path=str(tmp_path / "models"))
-    metrics = driver.run("nmt", cfg)
+    metrics = driver.run(workloads.get("nmt"), cfg)
     assert metrics["export_path"].endswith(os.path.join("models", "nmt", "1"))
     records = read_metrics(cfg.out_dir)
     stop = records[-1]["step"]
@@ -68,7 +69,7 @@ def test_two_workers_stop_together_on_the_time_budget_and_average(ray_local, tmp
 def test_failed_worker_restarts_from_last_checkpoint(ray_local, tmp_path, monkeypatch):
     cfg = small_cfg(tmp_path, num_workers=1, num_train_steps=20)
     monkeypatch.setenv(FAIL_AT_STEP_ENV, "15")
-    driver.run("nmt", cfg)
+    driver.run(workloads.get("nmt"), cfg)
     assert os.path.exists(os.path.join(cfg.out_dir, ".failed_at_15"))
     # Steps 5 and 10 were logged before the crash at 15; the restarted worker resumed at the
     # step-10 checkpoint and logged 15 and 20. Restarting from scratch would repeat 5 and 10.

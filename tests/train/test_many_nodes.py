@@ -127,11 +127,13 @@ def test_a_sweep_with_two_workers_per_trial_across_nodes(three_nodes, tmp_path):
     two nodes; the trial's run folder, best/ and the export come from the experiment's storage."""
     import csv
 
+    from tfcluster import workloads
+
     from tfcluster.tune import sweep
 
     p = toy.write_corpus(str(tmp_path / "data"), sizes={"train": 200, "dev": 10})
     storage, models = tmp_path / "store", tmp_path / "models"
-    out = sweep.run(*sweep.parse("nmt", [
+    out = sweep.run(workloads.get("nmt"), *sweep.parse(workloads.get("nmt"), [
         "--num_samples", "1", "--scheduler", "fifo", "--workers_per_trial", "2", "--cpus_per_trial", "2",
         "--evals_per_trial", "2", "--storage_path", str(storage), "--name", "w2", "--export_best",
         "--model_base_path", str(models), "--src", "src", "--tgt", "tgt", "--train_prefix", p["train"],

@@ -14,13 +14,13 @@ import os
 import numpy as np
 import pytest
 
-from conftest import needs_s3_stand_in, upload
 from tfcluster import storage
+from tfcluster import workloads
 from tfcluster.data import toy
 from tfcluster.metrics import read_metrics
 from tfcluster.workloads import nmt
 
-pytestmark = [pytest.mark.slow, needs_s3_stand_in]
+pytestmark = pytest.mark.slow
 
 
 def _split(prefix: str, langs: tuple[str, str], parts: int) -> None:
@@ -33,7 +33,7 @@ def _split(prefix: str, langs: tuple[str, str], parts: int) -> None:
         os.remove(f"{prefix}.{lang}")
 
 
-def test_nmt_from_a_bucket_to_a_bucket_served_from_the_bucket(ray_local, tmp_path, s3):
+def test_nmt_from_a_bucket_to_a_bucket_served_from_the_bucket(s3_upload, ray_local, tmp_path, s3):
     import tensorflow as tf
 
     from tfcluster.serving import Client, LocalServer
@@ -41,12 +41,12 @@ def test_nmt_from_a_bucket_to_a_bucket_served_from_the_bucket(ray_local, tmp_pat
 
     local = toy.write_corpus(str(tmp_path / "corpus"), sizes={"train": 400, "dev": 10})
     _split(local["train"], ("src", "tgt"), 3)
-    upload(str(tmp_path / "corpus"), f"{s3}/multi30k")
+    s3_upload(str(tmp_path / "corpus"), f"{s3}/multi30k")
     cfg = nmt.Config(src="src", tgt="tgt", train_prefix=f"{s3}/multi30k/train-*", dev_prefix=f"{s3}/multi30k/dev",
                      vocab_prefix=f"{s3}/multi30k/vocab", out_dir=str(tmp_path / "run"), num_units=16,
                      attention="luong", batch_size=16, steps_per_stats=5, steps_per_external_eval=10,
                      num_workers=2, num_train_steps=20, model_base_path=f"{s3}/models")
-    metrics = driver.run("nmt", cfg)
+    metrics = driver.run(workloads.get("nmt"), cfg)
     assert metrics["export_path"] == f"{s3}/models/nmt/1"
     records = read_metrics(cfg.out_dir)
     assert [r["step"] for r in records if "train/loss" in r] == [5, 10, 15, 20]
@@ -83,7 +83,7 @@ def test_serve_from_a_missing_bucket_is_one_line(tmp_path, s3):
     assert err == ["error: model nmt: base path s3://no-such-bucket-z/models/nmt: the bucket no-such-bucket-z does not exist"]
 
 
-def test_dcgan_trains_from_an_image_folder_in_a_bucket(tmp_path, s3):
+def test_dcgan_trains_from_an_image_folder_in_a_bucket(s3_upload, tmp_path, s3):
     from PIL import Image
 
     from tfcluster.train.loop import run_loop
@@ -98,7 +98,7 @@ def test_dcgan_trains_from_an_image_folder_in_a_bucket(tmp_path, s3):
         img = np.stack([a * yy + (1 - a) * xx, b * xx, c * (1 - yy)], -1) * 255
         Image.fromarray(img.astype(np.uint8)).save(folder / f"{i:03d}.jpg")
     (folder / "broken.jpg").write_bytes(b"garbage")
-    upload(str(folder), f"{s3}/images/faces")
+    s3_upload(str(folder), f"{s3}/images/faces")
 
     cfg = dcgan.prepare(dcgan.Config(dataset="faces", data_dir=f"{s3}/images", input_height=16, output_height=16,
                                      crop=True, epoch=2, batch_size=8, gf_dim=8, df_dim=8, z_dim=8,

@@ -19,7 +19,7 @@ import time
 
 import pytest
 
-from tfcluster import runs
+from tfcluster import runs, workloads
 from tfcluster.metrics import read_metrics
 from tfcluster.train import driver
 from tfcluster.train.loop import FAIL_AT_STEP_ENV
@@ -67,7 +67,7 @@ def test_nmt_checkpoints_in_s3_survive_a_killed_worker_and_a_new_machine(ray_loc
     cfg = small_cfg(tmp_path, num_train_steps=20, max_failures=1, storage_path=s3_bucket,
                         model_base_path=str(tmp_path / "models"))
     monkeypatch.setenv(FAIL_AT_STEP_ENV, "15")
-    driver.run("nmt", cfg)
+    driver.run(workloads.get("nmt"), cfg)
     assert (tmp_path / "run" / ".failed_at_15").exists()
     assert [r["step"] for r in read_metrics(cfg.out_dir) if "train/loss" in r] == [5, 10, 15, 20]
 
@@ -77,7 +77,7 @@ def test_nmt_checkpoints_in_s3_survive_a_killed_worker_and_a_new_machine(ray_loc
 
     monkeypatch.delenv(FAIL_AT_STEP_ENV)
     elsewhere = dataclasses.replace(cfg, out_dir=str(tmp_path / "elsewhere"), num_train_steps=30)
-    metrics = driver.run("nmt", elsewhere)
+    metrics = driver.run(workloads.get("nmt"), elsewhere)
     assert [r["step"] for r in read_metrics(elsewhere.out_dir) if "train/loss" in r] == [25, 30]
     assert metrics["export_path"].endswith("/nmt/2")
 
@@ -101,7 +101,7 @@ def test_a_sweep_in_s3_exports_and_resumes_from_the_bucket(ray_local, tmp_path, 
             "--attention", "", "--seed", "1"]
     monkeypatch.setenv("TMPDIR", str(tmp_path / "driver"))  # the driver's local copies, removed below
     (tmp_path / "driver").mkdir()
-    out = sweep.run(*sweep.parse("nmt", argv))
+    out = sweep.run(workloads.get("nmt"), *sweep.parse(workloads.get("nmt"), argv))
     assert out["experiment"] == runs.join(sweeps, "s3") and out["export_path"].endswith("/nmt/1")
 
     fs, exp = runs.storage_fs(runs.join(sweeps, "s3"))
@@ -118,5 +118,5 @@ def test_a_sweep_in_s3_exports_and_resumes_from_the_bucket(ray_local, tmp_path, 
 
     shutil.rmtree(tmp_path / "driver")  # another machine: nothing of the first run on its disk
     (tmp_path / "driver").mkdir()
-    again = sweep.run(*sweep.parse("nmt", [*argv, "--resume"]))
+    again = sweep.run(workloads.get("nmt"), *sweep.parse(workloads.get("nmt"), [*argv, "--resume"]))
     assert again["best"]["trial"] == out["best"]["trial"] and again["export_path"].endswith("/nmt/2")

@@ -8,11 +8,12 @@ from tfcluster.data.toy import write_corpus
 
 
 def test_nmt_sweep_fifo_two_trials(tmp_path, ray_local):
+    from tfcluster import workloads
     from tfcluster.tune import sweep
 
     corpus = write_corpus(str(tmp_path / "corpus"), sizes={"train": 200, "dev": 10, "test": 10})
     storage, models = tmp_path / "sweeps", tmp_path / "models"
-    sc, cfg, explicit = sweep.parse("nmt", [
+    sc, cfg, explicit = sweep.parse(workloads.get("nmt"), [
         "--num_samples", "2", "--scheduler", "fifo", "--cpus_per_trial", "1", "--evals_per_trial", "2",
         "--storage_path", str(storage), "--name", "toy", "--export_best", "--model_base_path", str(models),
         "--src", "src", "--tgt", "tgt", "--train_prefix", corpus["train"], "--dev_prefix", corpus["dev"],
@@ -20,7 +21,7 @@ def test_nmt_sweep_fifo_two_trials(tmp_path, ray_local):
         "--attention", "", "--seed", "1",
     ])
     assert {"num_units", "num_layers", "batch_size", "attention"} <= set(explicit)
-    out = sweep.run(sc, cfg, explicit)
+    out = sweep.run(workloads.get(sc.workload), sc, cfg, explicit)
 
     exp = storage / "toy"
     with open(exp / "results.csv") as f:
@@ -52,18 +53,19 @@ def test_nmt_sweep_fifo_two_trials(tmp_path, ray_local):
 def test_nmt_sweep_with_two_workers_per_trial(tmp_path, ray_local):
     """--workers_per_trial 2: each trial is a Ray Train run under MultiWorkerMirroredStrategy whose
     chief's eval reports reach Tune with their checkpoints (what PBT and --resume need)."""
+    from tfcluster import workloads
     from tfcluster.tune import sweep
 
     corpus = write_corpus(str(tmp_path / "corpus"), sizes={"train": 200, "dev": 10, "test": 10})
     storage = tmp_path / "sweeps"
-    sc, cfg, explicit = sweep.parse("nmt", [
+    sc, cfg, explicit = sweep.parse(workloads.get("nmt"), [
         "--num_samples", "1", "--scheduler", "fifo", "--workers_per_trial", "2", "--cpus_per_trial", "2",
         "--evals_per_trial", "2", "--storage_path", str(storage), "--name", "w2",
         "--src", "src", "--tgt", "tgt", "--train_prefix", corpus["train"], "--dev_prefix", corpus["dev"],
         "--num_train_steps", "20", "--num_units", "8", "--num_layers", "1", "--batch_size", "16",
         "--attention", "", "--seed", "1",
     ])
-    sweep.run(sc, cfg, explicit)
+    sweep.run(workloads.get(sc.workload), sc, cfg, explicit)
 
     with open(storage / "w2" / "results.csv") as f:
         (row,) = list(csv.DictReader(f))
@@ -81,9 +83,10 @@ def test_workers_per_trial_needs_a_cpu_each(tmp_path):
     import pytest
 
     from tfcluster.errors import UserError
+    from tfcluster import workloads
     from tfcluster.tune import sweep
 
-    sc, cfg, explicit = sweep.parse("nmt", ["--workers_per_trial", "4", "--cpus_per_trial", "2",
+    sc, cfg, explicit = sweep.parse(workloads.get("nmt"), ["--workers_per_trial", "4", "--cpus_per_trial", "2",
                                             "--src", "a", "--tgt", "b", "--storage_path", str(tmp_path)])
     with pytest.raises(UserError, match="needs --cpus_per_trial of at least 4"):
-        sweep.run(sc, cfg, explicit)
+        sweep.run(workloads.get(sc.workload), sc, cfg, explicit)

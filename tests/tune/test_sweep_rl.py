@@ -25,17 +25,18 @@ def test_pg_sweep_asha_exports_the_best_trial(tmp_path, ray_local):
     import tensorflow as tf
 
     from tfcluster.rl.algorithm import policy_weights_from
+    from tfcluster import workloads
     from tfcluster.tune import sweep
     from tfcluster.workloads import pg
 
     storage, models = tmp_path / "sweeps", tmp_path / "models"
-    sc, cfg, explicit = sweep.parse("pg", [
+    sc, cfg, explicit = sweep.parse(workloads.get("pg"), [
         "--env", "CartPole-v0", "--num_samples", "3", "--scheduler", "asha", "--grace_period", "2",
         "--storage_path", str(storage), "--name", "pg", "--export_best", "--model_base_path", str(models),
         "--batch_episodes", "5", "--steps_per_stats", "4", "--total_episodes", "200", "--seed", "2",
     ])
     assert cfg.env == "CartPole-v0" and cfg.batch_episodes == 5 and "batch_episodes" in explicit
-    out = sweep.run(sc, cfg, explicit)
+    out = sweep.run(workloads.get(sc.workload), sc, cfg, explicit)
 
     rows = _rows(storage / "pg" / "results.csv")
     metric = "env_runners/episode_return_mean"
@@ -64,13 +65,14 @@ def test_pg_sweep_asha_exports_the_best_trial(tmp_path, ray_local):
 
 def test_rl_sweep_refuses_workers_per_trial(tmp_path):
     from tfcluster.errors import UserError
+    from tfcluster import workloads
     from tfcluster.tune import sweep
 
-    sc, cfg, explicit = sweep.parse("dqn", ["--env", "CartPole-v1", "--workers_per_trial", "2",
+    sc, cfg, explicit = sweep.parse(workloads.get("dqn"), ["--env", "CartPole-v1", "--workers_per_trial", "2",
                                             "--storage_path", str(tmp_path)])
     assert cfg.network_header_type == "mlp"  # the CartPole preset, as train_dqn.py picks it
     with pytest.raises(UserError, match="--num_env_runners"):
-        sweep.run(sc, cfg, explicit)
+        sweep.run(workloads.get(sc.workload), sc, cfg, explicit)
 
 
 def _sweep(tmp_path, *extra):

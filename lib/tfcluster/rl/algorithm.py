@@ -174,8 +174,6 @@ class AlgorithmConfig:
 
     def to_config(self):
         """The resolved, checked Config (preset for the env < values set here)."""
-        from tfcluster.rl import presets_for
-
         env = self._values.get("env", getattr(self.config_cls, "env", None))
         base = presets_for(self.config_cls, env)
         defaults = {f.name: f.default for f in dataclasses.fields(self.config_cls)
@@ -203,8 +201,6 @@ class Algorithm(Trainable):
         cfg = config_mod.build(self.config_cls, config, type(self).__name__)
         self.cfg = cfg
         if "ray.rllib" in sys.modules:  # an RLlib import may have switched eager execution off
-            from tfcluster.rl.rllib import keep_tf2
-
             keep_tf2()
         if cfg.num_env_runners > 0:
             runs.init_ray(cfg.address)
@@ -542,8 +538,6 @@ def run(wl: Any, cfg: Any) -> dict[str, Any]:
 def env_preset(workload: str, config_cls: type):
     """`Workload.preset` of an RL workload: without --hparams_path, the preset of the env (--env, else
     the one saved in out_dir, else the default): `<workload>_atari.json` or `<workload>_cartpole.json`."""
-    from tfcluster.rl import preset_path
-
     def preset(ns: Any) -> None:
         if ns.hparams_path is not None:
             return
@@ -587,3 +581,35 @@ def evaluate_run(algo_cls: type, cfg: Any) -> dict[str, float]:
     finally:
         algo.stop()
     return res
+
+
+def keep_tf2() -> None:
+    """Undo RLlib's `disable_v2_behavior()` (done when `import ray.rllib` is the first to import TensorFlow):
+    tfcluster's Keras 3 code and RLlib's "tf2" framework both need eager execution."""
+    import tensorflow as tf
+
+    if not tf.executing_eagerly():
+        tf.compat.v1.enable_v2_behavior()
+
+
+# ---------------------------------------------------------------------------- presets
+
+PRESETS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "presets")
+
+
+def preset_path(workload: str, env: str | None) -> str:
+    """The preset for `workload` on `env`: `<workload>_atari.json` for Atari games, else `<workload>_cartpole.json`."""
+    from tfcluster.rl import envs
+
+    family = "atari" if env and envs.kind(env) == "atari" else "cartpole"
+    return os.path.join(PRESETS, f"{workload}_{family}.json")
+
+
+def presets_for(config_cls: type, env: str | None) -> dict[str, Any]:
+    """The preset values for a learner's Config on `env` (empty when there is no preset file)."""
+    workload = config_cls.__module__.rsplit(".", 1)[-1]
+    path = preset_path(workload, env)
+    if not os.path.exists(path):
+        return {}
+    with open(path) as f:
+        return json.load(f)

@@ -2,7 +2,7 @@
 
     env = make_env("CartPole-v1")
     env = make_env("Breakout", observation_dims=(84, 84), history_length=4, n_action_repeat=4)
-    register_envs()   # RLlib: AlgorithmConfig().environment("tfcluster/Breakout")
+    tfcluster.rl.register_envs()   # RLlib: AlgorithmConfig().environment("tfcluster/Breakout")
 
 Atari preprocessing (deep-rl-tensorflow / the Nature DQN): each agent step repeats the
 action `n_action_repeat` times, takes the pixel-wise max of the last two grayscale
@@ -201,20 +201,10 @@ def history_length(env: gym.Env) -> int:
     return int(getattr(env, "history_length", getattr(env.unwrapped, "history_length", 1)))
 
 
-def register_envs() -> list[str]:
-    """Register tfcluster/CartPole-v0, tfcluster/CartPole-v1 and tfcluster/<Game> for every ALE game
-    with `ray.tune.registry.register_env`, so RLlib algorithms train on exactly these tasks; also
-    tfcluster's networks as RLlib models and its algorithms as Tune trainables (`tfcluster.rl.rllib`).
-    Returns the env names."""
-    from ray.tune.registry import register_env
-
-    from tfcluster.rl import rllib
-
+def env_names() -> list[str]:
+    """tfcluster/CartPole-v0, tfcluster/CartPole-v1 and tfcluster/<Game> for every ALE game: the names
+    `tfcluster.rl.register_envs()` registers with RLlib (`tfcluster.rl.rllib.register`)."""
     names = [f"{PREFIX}{v}" for v in CARTPOLE]
     for rom in atari_games():
         names.append(PREFIX + "".join(p.capitalize() for p in rom.split("_")))
-    for n in names:
-        register_env(n, lambda env_config, _n=n: make_env(_n, **dict(env_config or {})))
-    rllib.register_models()
-    rllib.register_trainables()
     return names

@@ -42,7 +42,24 @@ from typing import Any
 
 LEGACY_KERAS = "TF_USE_LEGACY_KERAS"
 MODELS = ("tfcluster_dqn", "tfcluster_pg")
-TRAINABLES = {"tfcluster_DQN": ("tfcluster.workloads.dqn", "DQN"), "tfcluster_PG": ("tfcluster.workloads.pg", "PG")}
+TRAINABLES = {"tfcluster_DQN": ("tfcluster.rl.dqn", "DQN"), "tfcluster_PG": ("tfcluster.rl.pg", "PG")}
+
+
+def register() -> list[str]:
+    """The one registration entry point: tfcluster's envs (tfcluster/CartPole-v0, -v1, tfcluster/<Game> for every
+    ALE game) with `ray.tune.registry.register_env`, so RLlib algorithms train on exactly these tasks; its
+    networks as RLlib models (tfcluster_dqn, tfcluster_pg); its algorithms as Tune trainables (tfcluster_DQN,
+    tfcluster_PG). Returns the env names."""
+    from ray.tune.registry import register_env
+
+    from tfcluster.rl.envs import env_names, make_env
+
+    names = env_names()
+    for n in names:
+        register_env(n, lambda env_config, _n=n: make_env(_n, **dict(env_config or {})))
+    register_models()
+    register_trainables()
+    return names
 
 
 def register_trainables() -> list[str]:
@@ -63,20 +80,13 @@ def register_models() -> list[str]:
         from ray.rllib.models import ModelCatalog
     except ImportError:
         return []
+    from tfcluster.rl.algorithm import keep_tf2
+
     keep_tf2()
     q_model, policy_model = _model_classes()
     ModelCatalog.register_custom_model("tfcluster_dqn", q_model)
     ModelCatalog.register_custom_model("tfcluster_pg", policy_model)
     return list(MODELS)
-
-
-def keep_tf2() -> None:
-    """Undo RLlib's `disable_v2_behavior()` (done when `import ray.rllib` is the first to import TensorFlow):
-    tfcluster's Keras 3 code and RLlib's "tf2" framework both need eager execution."""
-    import tensorflow as tf
-
-    if not tf.executing_eagerly():
-        tf.compat.v1.enable_v2_behavior()
 
 
 _CLASSES: tuple[type, type] | None = None
@@ -90,7 +100,7 @@ def _model_classes() -> tuple[type, type]:
     import numpy as np
     from ray.rllib.models.tf.tf_modelv2 import TFModelV2
 
-    from tfcluster.workloads import dqn, pg
+    from tfcluster.rl import dqn, pg
 
     class _WithValue(TFModelV2):
         """An action-logits network plus a value head on its last hidden layer."""
@@ -226,11 +236,10 @@ def train(args: argparse.Namespace) -> int:
     legacy_keras_process()
     import ray
 
-    from tfcluster.rl.envs import register_envs
 
     ray.init(address="local", include_dashboard=False, logging_level="ERROR",
              runtime_env={"env_vars": {LEGACY_KERAS: "1"}})
-    register_envs()
+    register()
     if args.algo == "DQN":
         config = dqn_config(args.env, seed=args.seed, num_env_runners=args.num_env_runners)
         if args.model:
@@ -272,11 +281,11 @@ def check_envs(args: argparse.Namespace) -> int:
     import ray
     from gymnasium.utils.env_checker import check_env
 
-    from tfcluster.rl.envs import make_env, register_envs
+    from tfcluster.rl.envs import make_env
 
     ray.init(address="local", include_dashboard=False, logging_level="ERROR",
              runtime_env={"env_vars": {LEGACY_KERAS: "1"}})
-    registered = set(register_envs())
+    registered = set(register())
     failed = 0
     try:
         for name in args.envs:

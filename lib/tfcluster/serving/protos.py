@@ -126,7 +126,8 @@ def parse_text(path: str, message_cls, what: str):
     """Parse a text-format proto file; a one-line UserError naming the file and the problem."""
     import tensorflow as tf
 
-    from tfcluster.errors import UserError, require_file
+    from tfcluster.errors import UserError
+    from tfcluster.storage import require_file
 
     require_file(path, what)
     with tf.io.gfile.GFile(path) as f:

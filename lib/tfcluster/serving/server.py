@@ -284,7 +284,7 @@ def main(argv: list[str] | None = None) -> int:
 
         print(f"tfcluster model server {__version__} (TensorFlow Serving API)")
         return 0
-    from tfcluster.errors import require_file
+    from tfcluster.storage import require_file
 
     # checks that need no TensorFlow import come first: a wrong flag fails in a blink
     if not args.model_config_file and not args.model_base_path:

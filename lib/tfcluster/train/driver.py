@@ -73,7 +73,6 @@ def train_loop_per_worker(config: dict) -> None:
     import tempfile
 
     import ray.train
-    from tfcluster import workloads
     from tfcluster.train.loop import copy_checkpoint
 
     # The driver's bucket settings (AWS_*, GOOGLE_APPLICATION_CREDENTIALS), also when this cluster was
@@ -81,7 +80,7 @@ def train_loop_per_worker(config: dict) -> None:
     os.environ.update(config.get("storage_env") or {})
     if config.get("fail_at_step"):
         os.environ[FAIL_AT_STEP_ENV] = str(config["fail_at_step"])
-    wl = workloads.get(config["workload"])
+    wl = config["workload"]  # the contract object itself, handed over by the driver (or a sweep trial)
     cfg = wl.config(**config["config"])
     tctx = ray.train.get_context()
     ctx = WorkerContext(rank=tctx.get_world_rank(), world_size=tctx.get_world_size())
@@ -141,11 +140,10 @@ def fetch_best(cfg: Any, fs: Any, experiment: str, last: Any) -> None:
 
 
 def run(wl: Any, cfg: Any) -> dict[str, Any]:
-    """Train workload `wl` (its contract object, or its name) with `cfg` on Ray; export at the end."""
+    """Train workload `wl` (its contract object, which the entry point looked up) with `cfg` on Ray;
+    export at the end."""
     from ray.train.tensorflow import TensorflowTrainer
-    from tfcluster import workloads
 
-    wl = workloads.get(wl) if isinstance(wl, str) else wl
     cfg = config_mod.absolute_paths(cfg)  # workers do not share the driver's working directory
     fs, experiment = runs.storage_fs(runs.join(runs.storage_root(cfg), wl.name))
     resumed = latest_checkpoint(cfg.out_dir) is not None or runs.exists(fs, experiment)
@@ -156,7 +154,7 @@ def run(wl: Any, cfg: Any) -> dict[str, Any]:
     trainer = TensorflowTrainer(
         train_loop_per_worker=train_loop_per_worker,
         train_loop_config={
-            "workload": wl.name,
+            "workload": wl,
             "config": config_mod.to_dict(cfg),
             "fail_at_step": os.environ.get(FAIL_AT_STEP_ENV),  # fault injection for the restart test
             "storage_env": storage.worker_env(),

@@ -269,63 +269,101 @@ def run_loop(
     report); the checkpoint is given at eval points, after the chief saved, and `is_best` says
     it is the new `best/`. With --avg_ckpts the chief alone calls it once more after the loop,
     without a checkpoint and with is_best, when the checkpoint average became `best/`.
+
+    The phases, each a method of `Loop`: set-up and restore, the step loop (stats windows), the
+    evaluation with best-keeping, the budget stop, and the checkpoint average.
     """
-    import keras
-    import tensorflow as tf
-
-    tf.get_logger().setLevel("ERROR")
-    if ctx.world_size > 1 and cfg.cpus_per_worker >= 1:
-        n = int(cfg.cpus_per_worker)
-        tf.config.threading.set_intra_op_parallelism_threads(n)
-        tf.config.threading.set_inter_op_parallelism_threads(max(1, n))
-    keras.utils.set_random_seed(cfg.seed + ctx.rank)
-    strategy = make_strategy(ctx.world_size)
-    writer = MetricsWriter(cfg.out_dir, enabled=ctx.is_chief)
-
-    with strategy.scope():
-        task = make_task(strategy)
-        step_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
-        best_var = tf.Variable(float("nan"), dtype=tf.float64, trainable=False, name="best_metric")
-        seconds_var = tf.Variable(0.0, dtype=tf.float64, trainable=False, name="train_seconds")
-        ckpt = tf.train.Checkpoint(step=step_var, best=best_var, train_seconds=seconds_var, **task.trackables())
-    ckpt_dir = checkpoint_dir(cfg.out_dir, ctx)
-    manager = tf.train.CheckpointManager(ckpt, ckpt_dir, max_to_keep=cfg.keep_checkpoint_max)
+    loop = Loop(make_task, cfg, ctx, report)
     try:
+        if not loop.restore(restore_dir):
+            return {}
+        last = loop.train()
+        loop.average()
+        loop.writer.close()
+        return last
+    finally:
+        if not ctx.is_chief:  # a non-chief's scratch copies are never read again
+            shutil.rmtree(loop.ckpt_dir, ignore_errors=True)
+
+
+class Loop:
+    """One worker's training run of a Task: what `run_loop` does, phase by phase."""
+
+    def __init__(self, make_task: Callable[[Any], Task], cfg: Any, ctx: WorkerContext,
+                 report: Callable[[dict[str, Any], str | None, bool], None] | None):
+        """Set-up: threads, seed, strategy, the Task, the checkpointed counters and the checkpoint manager."""
+        import keras
+        import tensorflow as tf
+
+        tf.get_logger().setLevel("ERROR")
+        if ctx.world_size > 1 and cfg.cpus_per_worker >= 1:
+            n = int(cfg.cpus_per_worker)
+            tf.config.threading.set_intra_op_parallelism_threads(n)
+            tf.config.threading.set_inter_op_parallelism_threads(max(1, n))
+        keras.utils.set_random_seed(cfg.seed + ctx.rank)
+        self.cfg, self.ctx, self.report = cfg, ctx, report
+        self.strategy = make_strategy(ctx.world_size)
+        self.writer = MetricsWriter(cfg.out_dir, enabled=ctx.is_chief)
+        with self.strategy.scope():
+            self.task = make_task(self.strategy)
+            self.step_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
+            self.best_var = tf.Variable(float("nan"), dtype=tf.float64, trainable=False, name="best_metric")
+            self.seconds_var = tf.Variable(0.0, dtype=tf.float64, trainable=False, name="train_seconds")
+            self.ckpt = tf.train.Checkpoint(step=self.step_var, best=self.best_var, train_seconds=self.seconds_var,
+                                            **self.task.trackables())
+        self.ckpt_dir = checkpoint_dir(cfg.out_dir, ctx)
+        self.manager = tf.train.CheckpointManager(self.ckpt, self.ckpt_dir, max_to_keep=cfg.keep_checkpoint_max)
+        self.step = 0
+
+    # ---- set-up and restore ----------------------------------------------------------------
+    def restore(self, restore_dir: str | None) -> bool:
+        """Restore the newest checkpoint; False when there is nothing left to train (steps or budget)."""
+        import tensorflow as tf
+
+        cfg, task = self.cfg, self.task
         candidates = [p for p in (tf.train.latest_checkpoint(restore_dir) if restore_dir else None,
                                   tf.train.latest_checkpoint(os.path.join(cfg.out_dir, CKPT_DIR))) if p]
         restore_from = max(candidates, key=runs.checkpoint_step) if candidates else None
         if restore_from:
-            ckpt.restore(restore_from).expect_partial()
-            writer.log(f"# resuming from step {int(step_var.numpy())} ({restore_from})")
+            self.ckpt.restore(restore_from).expect_partial()
+            self.writer.log(f"# resuming from step {int(self.step_var.numpy())} ({restore_from})")
             task.after_restore()
-        start = int(step_var.numpy())
-        budget = Budget(cfg.max_train_minutes, float(seconds_var.numpy()), task.num_steps, strategy, ctx)
-        if start >= task.num_steps:
-            writer.log(f"# already trained to step {start} >= num_train_steps {task.num_steps}; nothing to do")
-            return {}
-        if budget.spent():
-            writer.log(f"# already trained {budget.minutes():.1f} minutes >= --max_train_minutes {cfg.max_train_minutes:g}; nothing to do")
-            return {}
-        budget.update(task, start)
+        self.start = self.step = int(self.step_var.numpy())
+        self.budget = Budget(cfg.max_train_minutes, float(self.seconds_var.numpy()), task.num_steps, self.strategy, self.ctx)
+        if self.start >= task.num_steps:
+            self.writer.log(f"# already trained to step {self.start} >= num_train_steps {task.num_steps}; nothing to do")
+            return False
+        if self.budget.spent():
+            self.writer.log(f"# already trained {self.budget.minutes():.1f} minutes >= --max_train_minutes "
+                            f"{cfg.max_train_minutes:g}; nothing to do")
+            return False
+        self.budget.update(task, self.start)
+        return True
 
-        dist_ds = strategy.distribute_datasets_from_function(task.dataset)
-        iterator = iter(dist_ds)
+    def save(self, step: int) -> str:
+        self.step_var.assign(step)
+        self.seconds_var.assign(self.budget.seconds())
+        return self.manager.save(checkpoint_number=step)
+
+    # ---- the step loop ---------------------------------------------------------------------
+    def train(self) -> dict[str, float]:
+        """Steps to `num_steps` (or the budget), a stats line every --steps_per_stats, an evaluation and a
+        checkpoint every --steps_per_external_eval; returns the last metrics."""
+        import tensorflow as tf
+
+        cfg, task, strategy = self.cfg, self.task, self.strategy
+        iterator = iter(strategy.distribute_datasets_from_function(task.dataset))
 
         @tf.function
         def train_step(it):
             per_replica = strategy.run(task.replica_step, args=(next(it),))
             return {k: strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None) for k, v in per_replica.items()}
 
-        def save(step: int) -> str:
-            step_var.assign(step)
-            seconds_var.assign(budget.seconds())
-            return manager.save(checkpoint_number=step)
-
         last: dict[str, float] = {}
         sums: dict[str, Any] = {}
         n_steps, t0 = 0, time.perf_counter()
-        step = start
-        writer.log(f"# training from step {start} to {task.num_steps}")
+        step = self.start
+        self.writer.log(f"# training from step {self.start} to {task.num_steps}")
         while step < task.num_steps:
             out = train_step(iterator)
             step += 1
@@ -335,9 +373,9 @@ def run_loop(
             _maybe_fail(step, cfg.out_dir)
             is_stats = step % cfg.steps_per_stats == 0 or step == task.num_steps
             is_eval = step % cfg.eval_every == 0 or step == task.num_steps
-            out_of_time = is_stats and budget.update(task, step)
+            out_of_time = is_stats and self.budget.update(task, step)
             is_eval = is_eval or out_of_time
-            if step == start + 1 and not is_stats:
+            if step == self.start + 1 and not is_stats:
                 # The first step traces and compiles the graph: leave it out of the timed window
                 # (and of that window's sums) so perf/ metrics measure steady-state steps.
                 for v in out.values():
@@ -346,50 +384,59 @@ def run_loop(
             if not (is_stats or is_eval):
                 continue
             if is_stats:
-                seconds = time.perf_counter() - t0
                 host = {k: float(v.numpy()) for k, v in sums.items()}
-                last = task.stats(host, n_steps, seconds)
+                last = task.stats(host, n_steps, time.perf_counter() - t0)
                 sums, n_steps = {}, 0
             ckpt_path, improved = None, False
             if is_eval:
-                ckpt_path = save(step)
-                if ctx.is_chief:
-                    ev = task.evaluate(step)
-                    last.update(ev)
-                    if task.best_metric and task.best_metric[0] in ev:
-                        name, mode = task.best_metric
-                        value, best = ev[name], float(best_var.numpy())
-                        if runs.is_better(value, best, mode):
-                            best_var.assign(value)
-                            copy_checkpoint(ckpt_path, os.path.join(cfg.out_dir, BEST_DIR))
-                            improved = True
-                            last[f"best/{name}"] = value
-                        else:
-                            last[f"best/{name}"] = best
-            writer.write(step, last)
-            if report is not None:
-                report(dict(last, step=step), ckpt_path, improved)
+                ckpt_path, improved = self.evaluate(step, last)
+            self.writer.write(step, last)
+            if self.report is not None:
+                self.report(dict(last, step=step), ckpt_path, improved)
             if out_of_time:
-                writer.log(f"# stopped at step {step}: --max_train_minutes {cfg.max_train_minutes:g} reached")
+                self.writer.log(f"# stopped at step {step}: --max_train_minutes {cfg.max_train_minutes:g} reached")
                 break
             t0 = time.perf_counter()
-        if cfg.avg_ckpts and ctx.is_chief:
-            averaged = average_checkpoints(task, manager.checkpoints, cfg.out_dir, writer)
-            if averaged is not None:
-                ev, path = averaged
-                if task.best_metric and task.best_metric[0] in ev:
-                    name, mode = task.best_metric
-                    improved = runs.is_better(ev[name], float(best_var.numpy()), mode)
-                    if improved:
-                        best_var.assign(ev[name])
-                        copy_checkpoint(path, os.path.join(cfg.out_dir, BEST_DIR))
-                    ev[f"best/{name}"] = float(best_var.numpy())
-                    writer.log(f"# the average of the last {ev['eval/avg_ckpts']:g} checkpoints {'is' if improved else 'is not'} the new best/ ({name} {ev[name]:.4g})")
-                    if improved and report is not None:
-                        report(dict(ev, step=step), None, True)
-                writer.write(step, ev)
-        writer.close()
+        self.step = step
         return last
-    finally:
-        if not ctx.is_chief:  # a non-chief's scratch copies are never read again
-            shutil.rmtree(ckpt_dir, ignore_errors=True)
+
+    # ---- evaluation and best-keeping -------------------------------------------------------
+    def evaluate(self, step: int, last: dict[str, float]) -> tuple[str, bool]:
+        """Checkpoint at `step`; the chief evaluates (into `last`) and keeps `best/`. Returns (checkpoint, improved)."""
+        path = self.save(step)
+        if not self.ctx.is_chief:
+            return path, False
+        ev = self.task.evaluate(step)
+        last.update(ev)
+        return path, self.keep_if_best(ev, path, last)
+
+    def keep_if_best(self, ev: dict[str, float], path: str, into: dict[str, float]) -> bool:
+        """Make checkpoint `path` the run's `best/` when `ev` beats the best so far by the Task's metric;
+        records best/<metric> in `into`. Returns whether it did."""
+        if not (self.task.best_metric and self.task.best_metric[0] in ev):
+            return False
+        name, mode = self.task.best_metric
+        improved = runs.is_better(ev[name], float(self.best_var.numpy()), mode)
+        if improved:
+            self.best_var.assign(ev[name])
+            copy_checkpoint(path, os.path.join(self.cfg.out_dir, BEST_DIR))
+        into[f"best/{name}"] = float(self.best_var.numpy())
+        return improved
+
+    # ---- the checkpoint average ------------------------------------------------------------
+    def average(self) -> None:
+        """--avg_ckpts (the chief): evaluate the mean of the kept checkpoints' weights; `best/` when better."""
+        if not (self.cfg.avg_ckpts and self.ctx.is_chief):
+            return
+        averaged = average_checkpoints(self.task, self.manager.checkpoints, self.cfg.out_dir, self.writer)
+        if averaged is None:
+            return
+        ev, path = averaged
+        if self.task.best_metric and self.task.best_metric[0] in ev:
+            name = self.task.best_metric[0]
+            improved = self.keep_if_best(ev, path, ev)
+            self.writer.log(f"# the average of the last {ev['eval/avg_ckpts']:g} checkpoints "
+                            f"{'is' if improved else 'is not'} the new best/ ({name} {ev[name]:.4g})")
+            if improved and self.report is not None:
+                self.report(dict(ev, step=self.step), None, True)
+        self.writer.write(self.step, ev)

@@ -3,7 +3,8 @@
 Each module ends with `WORKLOAD = Workload(...)`, the typed contract of `workloads/base.py`
 (its Config, how it trains, its export, serving contract, metric and search space);
 `get(name)` returns that object. Adding a workload is one module and one line here
-(ARCHITECTURE.md walks through OCR as the example).
+(ARCHITECTURE.md walks through OCR as the example). The entry points look workloads up here and
+hand the object to the machinery (`tfcluster.train_cli`, `tfcluster.sweep_cli`).
 """
 
 from __future__ import annotations
@@ -31,8 +32,9 @@ def get(name: str) -> Workload:
     return importlib.import_module(module).WORKLOAD
 
 
-def main(name: str, argv: list[str] | None = None) -> int:
-    """What `jobs/train_<name>.py` and `tfcluster train <name>` run."""
-    from tfcluster.errors import main_guard
-
-    return main_guard(lambda: get(name).main(argv))()
+def release_check(name: str):
+    """The `contract.ReleaseCheck` of workload `name` (what `tfcluster release` measures)."""
+    check = get(name).release
+    if check is None:
+        raise UserError(f"workload {name} declares no release check")
+    return check

@@ -16,8 +16,9 @@ Each workload module ends with `WORKLOAD = Workload(...)` naming:
 * `search_space(base) -> {field: spec}` for Ray Tune, and `planned_steps(cfg)`, the
   training steps a config plans (how often a sweep trial reports).
 
-Nothing here imports TensorFlow: building the object is free, so `--help` and the sweep
-driver stay fast. `tfcluster.workloads.get(name)` returns it; see ARCHITECTURE.md.
+Nothing here imports TensorFlow, nor the machinery that runs a workload (`train/`, `rl/`): the
+contract sits below the drivers, which receive the object; `tfcluster.train_cli`
+dispatches a run. `tfcluster.workloads.get(name)` returns the object; see ARCHITECTURE.md.
 """
 
 from __future__ import annotations
@@ -87,6 +88,8 @@ class Workload:
     """`preset(ns)`: pick a preset (set ns.hparams_path) when none was given, e.g. by --env (RL)."""
     search_space: Callable[[dict[str, Any]], dict[str, Any]] = _no_space
     planned_steps: Callable[[Any], int] = _num_train_steps
+    release: contract.ReleaseCheck | None = None
+    """How `tfcluster release` (and `--promote`) judges a served version: the metric, measured through gRPC."""
     description: str = ""
 
     def __post_init__(self) -> None:
@@ -101,22 +104,3 @@ class Workload:
     def kind(self) -> str:
         """"loop" (a Task for the shared data-parallel loop) or "algorithm" (an RL algorithm)."""
         return "algorithm" if self.is_rl else "loop"
-
-    def main(self, argv: list[str] | None = None) -> int:
-        """What `jobs/train_<name>.py` and `tfcluster train <name>` run: flags -> Config, then the
-        offline mode (inference, visualize, evaluate-only) or training, then the export."""
-        from tfcluster import runs
-
-        cfg = runs.parse(self, argv)
-        if self.offline(cfg):
-            return 0
-        runs.record_command(cfg.out_dir, argv)
-        if self.is_rl:
-            from tfcluster.rl import algorithm
-
-            algorithm.run(self, cfg)
-        else:
-            from tfcluster.train import driver
-
-            driver.run(self, cfg)
-        return 0

@@ -29,8 +29,13 @@ from typing import Any, Literal
 from tfcluster import config as config_mod
 from tfcluster import contract
 from tfcluster.config import LoopConfig
+from tfcluster.errors import UserError
 from tfcluster.tune import spaces
 from tfcluster.workloads.base import Workload, model_part
+
+# The model part (`dcgan_model.py`, with TensorFlow) imports this module; this module reaches it one way
+# only, lazily by name: `dcgan.Task`, `dcgan.export`, ... import it on first use.
+_model = __getattr__ = model_part(__name__, "tfcluster.workloads.dcgan_model")
 
 # ============================================================================ Config
 
@@ -175,9 +180,7 @@ def prepare(cfg: Config) -> Config:
     if cfg.is_mnist:
         x, y = images.load_mnist(cfg.data_dir, cfg.dataset, labels=True)
         print(f"# data: {len(x)} MNIST digits from {cfg.data_dir}", flush=True)
-        from tfcluster.workloads.dcgan_model import ensure_fid_classifier
-
-        ensure_fid_classifier(cfg, x, y)
+        _model("ensure_fid_classifier")(cfg, x, y)
         return dataclasses.replace(cfg, c_dim=1)
     index = folder_index(cfg)
     images.write_index(index, cfg.index_path)
@@ -209,23 +212,17 @@ def generator_plan(height: int, width: int) -> tuple[int, int, int]:
 
 
 def _task(cfg: Config, strategy: Any, ctx: Any):
-    from tfcluster.workloads.dcgan_model import Task
-
-    return Task(cfg, strategy, ctx)
+    return _model("Task")(cfg, strategy, ctx)
 
 
 def _export(cfg: Config, which: str = "best") -> str:
-    from tfcluster.workloads.dcgan_model import export_checkpoint
-
-    return export_checkpoint(cfg, which)
+    return _model("export_checkpoint")(cfg, which)
 
 
 def offline(cfg: Config) -> bool:
     """`--visualize` or `--train false`: write the sample grid and interpolation of a trained run instead of training."""
     if cfg.visualize or not cfg.train:
-        from tfcluster.workloads.dcgan_model import visualize
-
-        visualize(cfg)
+        _model("visualize")(cfg)
         return True
     return False
 
@@ -235,12 +232,25 @@ def planned_steps(cfg: Config) -> int:
     return cfg.epoch * steps_per_epoch(num_images(cfg), cfg.train_size, cfg.batch_size)
 
 
+def _release_data(cfg: Config) -> dict[str, Any]:
+    """--promote: the run's image folder, 256 generated images against 256 real ones."""
+    if cfg.is_mnist:
+        raise UserError("--promote for MNIST: give `tfcluster release --image_dir` a folder of digit images")
+    from tfcluster import storage
+
+    return {"image_dir": storage.join(cfg.data_dir, cfg.dataset), "num_images": 256, "eval_seed": 0}
+
+
+def _release_swd(served: Any, data: dict[str, Any]) -> float:
+    from tfcluster.eval.served import generated_swd
+
+    return generated_swd(served, data)
+
+
 WORKLOAD = Workload(
     name="dcgan", config=Config, serving=contract.DCGAN, task=_task, export=_export,
     prepare=prepare, offline=offline, metric="eval/swd", mode="min", search_space=spaces.dcgan_space,
-    planned_steps=planned_steps, description=__doc__.splitlines()[0],
+    planned_steps=planned_steps, release=contract.ReleaseCheck("swd", "min", _release_swd, _release_data),
+    description=__doc__.splitlines()[0],
 )
 
-
-# The model part's names (`Task`, `export_checkpoint`, ...), imported on first use.
-__getattr__ = model_part(__name__, "tfcluster.workloads.dcgan_model")

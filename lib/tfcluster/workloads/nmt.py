@@ -195,34 +195,45 @@ def sample_sentences(cfg: Config, n: int = 4) -> list[str]:
     return out or ["hello ."]
 
 
-def _task(cfg: Config, strategy: Any, ctx: Any):
-    from tfcluster.workloads.nmt_model import Task
+# The model part (`nmt_model.py`, with TensorFlow) imports this module; this module reaches it one way
+# only, lazily by name: `nmt.Task`, `nmt.export_checkpoint`, ... import it on first use.
+_model = __getattr__ = model_part(__name__, "tfcluster.workloads.nmt_model")
 
-    return Task(cfg, strategy, ctx)
+
+def _task(cfg: Config, strategy: Any, ctx: Any):
+    return _model("Task")(cfg, strategy, ctx)
 
 
 def _export(cfg: Config, which: str = "best") -> str:
-    from tfcluster.workloads.nmt_model import export_checkpoint
-
-    return export_checkpoint(cfg, which)
+    return _model("export_checkpoint")(cfg, which)
 
 
 def offline(cfg: Config) -> bool:
     """Inference mode instead of training when --inference_input_file is given."""
     if cfg.inference_input_file:
-        from tfcluster.workloads.nmt_model import translate_file
-
-        translate_file(cfg)
+        _model("translate_file")(cfg)
         return True
     return False
+
+
+def _release_data(cfg: Config) -> dict[str, Any]:
+    """--promote: the run's dev set (else its test set), translated by the served version."""
+    prefix = cfg.dev_prefix or cfg.test_prefix
+    if not prefix:
+        raise UserError("--promote needs --dev_prefix or --test_prefix (the evaluation set of the release check)")
+    return {"source_file": text.resolve(prefix, cfg.src), "reference_file": text.resolve(prefix, cfg.tgt)}
+
+
+def _release_bleu(served: Any, data: dict[str, Any]) -> float:
+    from tfcluster.eval.served import translation_bleu
+
+    return translation_bleu(served, data)
 
 
 WORKLOAD = Workload(
     name="nmt", config=Config, serving=contract.NMT, task=_task, export=_export,
     prepare=prepare, offline=offline, metric="eval/bleu", mode="max", search_space=spaces.nmt_space,
+    release=contract.ReleaseCheck("bleu", "max", _release_bleu, _release_data),
     description=__doc__.splitlines()[0],
 )
 
-
-# The model part's names (`Task`, `export_checkpoint`, ...), imported on first use.
-__getattr__ = model_part(__name__, "tfcluster.workloads.nmt_model")

@@ -644,7 +644,7 @@ def export_checkpoint(cfg: Config, which: str = "best", model_base_path: str | N
 
 def translate_file(cfg: Config, which: str = "best") -> list[str]:
     """--inference_input_file: translate with the trained model (tensorflow/nmt's inference mode)."""
-    from tfcluster.errors import require_file
+    from tfcluster.storage import require_file
 
     require_file(cfg.inference_input_file, "inference input file")
     model, path = restore(cfg, which)

@@ -33,7 +33,7 @@ import numpy as np
 
 from tfcluster import contract
 from tfcluster.config import LoopConfig
-from tfcluster.workloads.base import Workload
+from tfcluster.workloads.base import Workload, model_part
 
 HEIGHT, WIDTH = 32, 256
 DIGITS = "0123456789"
@@ -246,16 +246,17 @@ def prepare(cfg: Config) -> Config:
 
 # ============================================================================ the contract object
 
-def _task(cfg: Config, strategy: Any, ctx: Any):
-    from tfcluster.workloads.ocr import model
+# The model part (`ocr/model.py`, with TensorFlow) imports this module; this module reaches it one way
+# only, lazily by name.
+_model = model_part(__name__, "tfcluster.workloads.ocr.model")
 
-    return model.Task(cfg, strategy, ctx)
+
+def _task(cfg: Config, strategy: Any, ctx: Any):
+    return _model("Task")(cfg, strategy, ctx)
 
 
 def _export(cfg: Config, which: str = "best") -> str:
-    from tfcluster.workloads.ocr import model
-
-    return model.export_checkpoint(cfg, which)
+    return _model("export_checkpoint")(cfg, which)
 
 
 def search_space(base: dict[str, Any]) -> dict[str, Any]:
@@ -268,7 +269,20 @@ def search_space(base: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _release_data(cfg: Config) -> dict[str, Any]:
+    from tfcluster.errors import UserError
+
+    raise UserError("--promote for ocr: run `tfcluster release --image_dir` with a folder of labelled images")
+
+
+def _release_accuracy(served: Any, data: dict[str, Any]) -> float:
+    from tfcluster.eval.served import sequence_accuracy
+
+    return sequence_accuracy(served, data)
+
+
 WORKLOAD = Workload(
     name="ocr", config=Config, serving=OCR, task=_task, export=_export, prepare=prepare,
+    release=contract.ReleaseCheck("sequence_accuracy", "max", _release_accuracy, _release_data),
     metric="eval/sequence_accuracy", mode="max", search_space=search_space, description=__doc__.splitlines()[0],
 )
