@@ -13,7 +13,7 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "lib"))
 
-from tfcluster.sweep_cli import sweep  # noqa: E402
+from tfcluster.sweep_cli import main  # noqa: E402
 
 if __name__ == "__main__":
-    sys.exit(sweep("dqn"))
+    sys.exit(main("dqn"))

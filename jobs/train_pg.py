@@ -10,7 +10,7 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "lib"))
 
-from tfcluster.train_cli import train  # noqa: E402
+from tfcluster.train_cli import main  # noqa: E402
 
 if __name__ == "__main__":
-    sys.exit(train("pg"))
+    sys.exit(main("pg"))

@@ -21,8 +21,8 @@ import sys
 from tfcluster.errors import main_guard
 
 COMMANDS: dict[str, tuple[str, str]] = {
-    "train": ("tfcluster.train_cli", "train a workload on Ray"),
-    "sweep": ("tfcluster.sweep_cli", "hyperparameter sweep with Ray Tune"),
+    "train": ("tfcluster.train_cli:command", "train a workload on Ray"),
+    "sweep": ("tfcluster.sweep_cli:command", "hyperparameter sweep with Ray Tune"),
     "export": ("tfcluster.export_cli", "export a checkpoint as a versioned SavedModel"),
     "serve": ("tfcluster.serving.server", "local model server with TF Serving's API and flags"),
     "sync-models": ("tfcluster.serving.sync", "mirror complete model versions from a bucket into a folder"),
@@ -58,8 +58,8 @@ def main(argv: list[str] | None = None) -> int:
     if name not in COMMANDS:
         print(f"error: unknown command {name!r}; one of: {', '.join(COMMANDS)}", file=sys.stderr)
         return 2
-    module = importlib.import_module(COMMANDS[name][0])
-    return int(module.main(rest) or 0)
+    module_name, _, function = COMMANDS[name][0].partition(":")  # `module` (its main) or `module:function`
+    return int(getattr(importlib.import_module(module_name), function or "main")(rest) or 0)
 
 
 if __name__ == "__main__":

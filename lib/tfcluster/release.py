@@ -266,6 +266,7 @@ class Gate:
     load_timeout_s: float = 120.0
     apply_timeout_s: float = 120.0
     apply: Callable[[str], None] | None = None  # after each config write (the local server's reload RPC)
+    command: str = ""  # what ran the gate, for the history
 
     def _write(self, text: str, label: str, version: int | None) -> None:
         self.store.write(text)
@@ -347,7 +348,7 @@ class Gate:
             "to": to if verdict != "refused" else was, "from": was, "candidate": to if verdict != "rolled back" else None,
             "metric": self.check.metric, "mode": self.check.mode, "candidate_value": got, "stable_value": base,
             "margin": self.margin, "by": f"{getpass.getuser()}@{socket.gethostname()}",
-            "command": " ".join(["tfcluster", "release", *sys.argv[2:]]) if sys.argv[1:2] == ["release"] else " ".join(sys.argv),
+            "command": self.command or " ".join(sys.argv),
         }
 
 
@@ -409,7 +410,7 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def build_gate(a: argparse.Namespace, data: dict[str, Any] | None = None) -> Gate:
+def build_gate(a: argparse.Namespace, data: dict[str, Any] | None = None, command: str = "") -> Gate:
     from tfcluster import workloads
     from tfcluster.serving import Client
 
@@ -430,7 +431,8 @@ def build_gate(a: argparse.Namespace, data: dict[str, Any] | None = None) -> Gat
         apply = lambda text: _reload(client, text)  # noqa: E731 - the change now, not at the next poll
     data = data if data is not None else {k: getattr(a, k) for k in
                                           ("source_file", "reference_file", "image_dir", "num_images", "env", "episodes", "eval_seed")}
-    return Gate(store, client, a.model, check, data, a.margin, a.min_metric, a.load_timeout, a.apply_timeout, apply)
+    return Gate(store, client, a.model, check, data, a.margin, a.min_metric, a.load_timeout, a.apply_timeout, apply,
+                command)
 
 
 def _reload(client, text: str) -> None:
@@ -449,9 +451,9 @@ def _reload(client, text: str) -> None:
         raise UserError(f"the server refused the models config: {resp.status.error_message}")
 
 
-def run(a: argparse.Namespace, data: dict[str, Any] | None = None) -> dict[str, Any] | None:
+def run(a: argparse.Namespace, data: dict[str, Any] | None = None, command: str = "") -> dict[str, Any] | None:
     """The decision (the history entry it appended), or None for --history."""
-    gate = build_gate(a, data)
+    gate = build_gate(a, data, command)
     try:
         if a.history:
             for e in gate.store.history():
@@ -477,7 +479,7 @@ def promote(wl: Any, cfg: Any, path: str) -> dict[str, Any]:
     else:
         a.model_config_file = cfg.promote
     print(f"# release gate: version {storage.basename(path)} of {wl.name} against {STABLE} ({cfg.promote})", flush=True)
-    entry = run(a, wl.release.from_run(cfg))
+    entry = run(a, wl.release.from_run(cfg), " ".join(sys.argv))  # the training command
     if entry["verdict"] == "refused":
         raise UserError(describe(entry))
     print(f"# {describe(entry)}", flush=True)
@@ -486,7 +488,8 @@ def promote(wl: Any, cfg: Any, path: str) -> dict[str, Any]:
 
 @main_guard
 def main(argv: list[str] | None = None) -> int:
-    entry = run(parser().parse_args(argv))
+    argv = list(sys.argv[1:] if argv is None else argv)
+    entry = run(parser().parse_args(argv), command=" ".join(["tfcluster", "release", *argv]))
     if entry is None:
         return 0
     if entry["verdict"] == "refused":

@@ -1,5 +1,5 @@
-"""Sweep entry points: `python jobs/sweep_<workload>.py [flags]` (`sweep(name)`) and
-`tfcluster sweep <workload> [flags]` (`main`): the workload's contract object handed to
+"""Sweep entry points: `python jobs/sweep_<workload>.py [flags]` (`main(name)`) and
+`tfcluster sweep <workload> [flags]` (`command`): the workload's contract object handed to
 `tfcluster.tune.sweep`, and with `--export_best --promote` the release gate on the exported best trial."""
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ def run(wl: Any, argv: list[str] | None = None) -> dict[str, Any]:
     return out
 
 
-def sweep(name: str, argv: list[str] | None = None) -> int:
+def main(name: str, argv: list[str] | None = None) -> int:
     """What `jobs/sweep_<name>.py` runs: errors for people become one line and exit status 2."""
 
     def go() -> int:
@@ -31,9 +31,10 @@ def sweep(name: str, argv: list[str] | None = None) -> int:
     return main_guard(go)()
 
 
-def main(argv: list[str] | None = None) -> int:
+def command(argv: list[str] | None = None) -> int:
+    """`tfcluster sweep <workload> [flags]`."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0].startswith("-"):
         print(f"usage: tfcluster sweep {{{','.join(workloads.WORKLOADS)}}} [flags]   (--help after the workload lists them)")
         return 0 if argv and argv[0] in ("-h", "--help") else 2
-    return sweep(argv[0], argv[1:])
+    return main(argv[0], argv[1:])

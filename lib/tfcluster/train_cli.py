@@ -1,5 +1,5 @@
-"""Training entry points: `python jobs/train_<workload>.py [flags]` (`train(name)`) and
-`tfcluster train <workload> [flags]` (`main`).
+"""Training entry points: `python jobs/train_<workload>.py [flags]` (`main(name)`) and
+`tfcluster train <workload> [flags]` (`command`).
 
 Flags -> Config, then the workload's offline mode (inference, visualize, evaluate-only) or training:
 the data-parallel driver (`tfcluster.train.driver`) or the RL algorithm (`tfcluster.rl.algorithm`),
@@ -44,14 +44,15 @@ def promote(wl: Any, cfg: Any, path: str | None) -> None:
         release.promote(wl, cfg, path)
 
 
-def train(name: str, argv: list[str] | None = None) -> int:
+def main(name: str, argv: list[str] | None = None) -> int:
     """What `jobs/train_<name>.py` runs: errors for people become one line and exit status 2."""
     return main_guard(lambda: run(workloads.get(name), argv))()
 
 
-def main(argv: list[str] | None = None) -> int:
+def command(argv: list[str] | None = None) -> int:
+    """`tfcluster train <workload> [flags]`."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0].startswith("-"):
         print(f"usage: tfcluster train {{{','.join(workloads.WORKLOADS)}}} [flags]   (--help after the workload lists them)")
         return 0 if argv and argv[0] in ("-h", "--help") else 2
-    return train(argv[0], argv[1:])
+    return main(argv[0], argv[1:])

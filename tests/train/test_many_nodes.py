@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tfcluster import runs
+from tfcluster import runs, workloads
 from tfcluster.data import toy
 from tfcluster.metrics import read_metrics
 from tfcluster.train import driver
@@ -84,7 +84,7 @@ def test_losing_the_chiefs_node_resumes_from_storage(three_nodes, tmp_path, work
 
     def train():
         try:
-            outcome["metrics"] = driver.run(workload, cfg)
+            outcome["metrics"] = driver.run(workloads.get(workload), cfg)
         except BaseException as e:  # noqa: BLE001 - re-raised below
             outcome["error"] = e
 
@@ -126,8 +126,6 @@ def test_a_sweep_with_two_workers_per_trial_across_nodes(three_nodes, tmp_path):
     """--workers_per_trial 2 on the 3-node cluster: each trial is a Ray Train run whose workers sit on
     two nodes; the trial's run folder, best/ and the export come from the experiment's storage."""
     import csv
-
-    from tfcluster import workloads
 
     from tfcluster.tune import sweep
 

@@ -44,7 +44,8 @@ def resolve(prefix: str, lang: str, what: str = "corpus") -> str:
     for path in (f"{prefix}.{lang}", f"{prefix}.{lang}.gz"):
         if storage.exists(path):
             return path
-    raise UserError(f"{what} file not found: {storage.display(prefix)}.{lang} (nor .{lang}.gz)"
+    shown = storage.display(prefix)
+    raise UserError(f"{what} file not found: {shown}.{lang} (nor {shown}.{lang}.gz)"
                     + (f": {storage.missing_cause(prefix + '.' + lang)}" if storage.is_uri(prefix) else ""))
 
 
