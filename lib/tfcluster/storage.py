@@ -30,7 +30,7 @@ import os
 import shutil
 import threading
 import uuid
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 from urllib.parse import parse_qsl, urlencode, urlparse, urlunparse
 
 from tfcluster.errors import UserError
@@ -321,19 +321,32 @@ def local_copy(uri_or_path: str) -> str:
     if i is None:
         raise UserError(f"{display(uri_or_path)}: {missing_cause(uri_or_path)}")
     entry = os.path.join(cache_root(), f"{_key(display(uri_or_path), i.size, i.mtime_ns)}-{basename(uri_or_path)}")
+
+    def fetch(part: str) -> None:
+        fs, path = filesystem(uri_or_path)
+        with _errors(uri_or_path), fs.open_input_stream(path) as src, open(part, "wb") as dst:
+            shutil.copyfileobj(src, dst, 1 << 20)
+
+    return _fill_once(entry, fetch)
+
+
+def _fill_once(entry: str, fetch: Callable[[str], None]) -> str:
+    """The cache entry `entry` (a file or folder), written by `fetch(part)` under a temporary name and
+    renamed, under a file lock, unless it is there already: one fetch per node, never half an entry."""
     if os.path.exists(entry):
         return entry
     with _locked(entry):
         if not os.path.exists(entry):
-            fs, path = filesystem(uri_or_path)
             part = f"{entry}.part-{uuid.uuid4().hex[:8]}"
             try:
-                with _errors(uri_or_path), fs.open_input_stream(path) as src, open(part, "wb") as dst:
-                    shutil.copyfileobj(src, dst, 1 << 20)
+                fetch(part)
                 os.replace(part, entry)
             finally:
-                with contextlib.suppress(FileNotFoundError):
-                    os.remove(part)
+                if os.path.isdir(part):
+                    shutil.rmtree(part, ignore_errors=True)
+                else:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.remove(part)
     return entry
 
 
@@ -357,17 +370,7 @@ def local_tree(uri_or_path: str) -> str:
     if not files:
         raise UserError(f"{display(uri_or_path)}: no such folder or it is empty")
     entry = os.path.join(cache_root(), f"{_key(display(uri_or_path), *files)}-{basename(uri_or_path)}.d")
-    if os.path.isdir(entry):
-        return entry
-    with _locked(entry):
-        if not os.path.isdir(entry):
-            part = f"{entry}.part-{uuid.uuid4().hex[:8]}"
-            try:
-                download_tree(uri_or_path, part)
-                os.replace(part, entry)
-            finally:
-                shutil.rmtree(part, ignore_errors=True)
-    return entry
+    return _fill_once(entry, lambda part: download_tree(uri_or_path, part))
 
 
 # ---------------------------------------------------------------------------- copying folders

@@ -12,10 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import socket
-import subprocess
-import sys
-import time
 
 import pytest
 
@@ -34,33 +30,19 @@ pytestmark = [
 
 
 @pytest.fixture
-def s3_bucket(tmp_path):
+def s3_bucket(moto_endpoint):
+    """A fresh bucket in the session's S3 stand-in (conftest's `moto_endpoint`), named through pyarrow's
+    `?endpoint_override=` URI form (inline keys, no AWS environment), as Ray Train's storage reads it."""
+    import uuid
+
     import pyarrow.fs
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    log = open(tmp_path / "moto.log", "w")
-    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                              env={**os.environ, "PYTHONPATH": STAND_IN}, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.time() + 60
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                assert server.poll() is None and time.time() < deadline, (tmp_path / "moto.log").read_text()
-                time.sleep(0.2)
-        uri = (f"s3://testing:testing@tfcluster-runs/store?endpoint_override=127.0.0.1:{port}&scheme=http"
-               "&region=us-east-1")
-        fs, _ = pyarrow.fs.FileSystem.from_uri(uri.replace("/store?", "?") + "&allow_bucket_creation=true")
-        fs.create_dir("tfcluster-runs")
-        yield uri
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
-        log.close()
+    bucket = f"tfcluster-runs-{uuid.uuid4().hex[:8]}"
+    host = moto_endpoint.split("://", 1)[1]
+    uri = f"s3://testing:testing@{bucket}/store?endpoint_override={host}&scheme=http&region=us-east-1"
+    fs, _ = pyarrow.fs.FileSystem.from_uri(uri.replace("/store?", "?") + "&allow_bucket_creation=true")
+    fs.create_dir(bucket)
+    yield uri
 
 
 def test_nmt_checkpoints_in_s3_survive_a_killed_worker_and_a_new_machine(ray_local, tmp_path, s3_bucket, monkeypatch):
