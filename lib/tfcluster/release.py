@@ -40,26 +40,16 @@ HISTORY_ANNOTATION = "tfcluster.io/release-history"
 HISTORY_KEEP = 100  # entries kept in the ConfigMap annotation (the local file keeps all)
 
 
-class Refused(Exception):
-    """The candidate did not pass the gate; stable is untouched."""
-
-
 # ---------------------------------------------------------------------------- models.config edits
 
 
 def labels_of(text: str, model: str) -> dict[str, int]:
-    from tfcluster.deploy import parse_model_config
+    from tfcluster.deploy import model_names, parse_model_config
 
     for c in parse_model_config(text).model_config_list.config:
         if c.name == model:
             return dict(c.version_labels)
     raise UserError(f"model {model!r} is not in the models config (it has: {', '.join(model_names(text)) or 'nothing'})")
-
-
-def model_names(text: str) -> list[str]:
-    from tfcluster.deploy import parse_model_config
-
-    return [c.name for c in parse_model_config(text).model_config_list.config]
 
 
 def with_labels(text: str, model: str, labels: dict[str, int | None]) -> str:
