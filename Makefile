@@ -17,7 +17,8 @@ help:
 	@echo "make ray-down  stop it"
 	@echo "make bench     run the benchmarks (JSON under bench/results/)"
 	@echo "make results   rebuild the README's Results section from runs/ and bench/results/rl.json"
-	@echo "make image     build tfcluster/train:<version> with docker, else podman (BASE_IMAGE=... for a local base)"
+	@echo "make image     build tfcluster/train:<version> with docker, else podman (BASE_IMAGE=... for a local base,"
+	@echo "               VARIANT=gpu for tfcluster/train:<version>-gpu with TensorFlow's CUDA wheels)"
 
 venv: $(STAMP)
 
@@ -60,8 +61,9 @@ results: $(STAMP)
 	$(BIN)/python bench/results.py
 
 BASE_IMAGE ?=
+VARIANT ?= cpu
 image: $(STAMP)
-	$(BIN)/python -m tfcluster.containers build $(if $(BASE_IMAGE),--base_image $(BASE_IMAGE))
+	$(BIN)/python -m tfcluster.containers build --variant $(VARIANT) $(if $(BASE_IMAGE),--base_image $(BASE_IMAGE))
 
 clean:
 	rm -rf runs models demo .pytest_cache

@@ -6,11 +6,14 @@
 
 Starts the local model server on the model's base path (gRPC, the newest version), sends the
 test sources in requests of `--batch` raw sentences through the Python client, and scores the
-`translation` outputs with the same corpus BLEU the training evaluation uses (references split
-by the run's `--tokenize`; sacrebleu with tokenize="none" beside it). The logged figure is
-`eval/test_bleu` of the kept model (the evaluation with the best dev BLEU, the checkpoint
-average included): the two must be equal, since tokenizing, lookup and beam search are inside
-the SavedModel. Prints one JSON object.
+`translation` outputs the way the training evaluation does: `bleu`, sacrebleu's corpus BLEU of
+the output against the raw references (cased, 13a); `bleu_tok`, BLEU on the project's tokens of
+both sides; and, where the corpus has them (Multi30k's `<prefix>.lc.norm.tok.<tgt>`),
+`bleu_lc_tok` against the dataset's lowercased tokenized references, as published Multi30k
+figures are scored. The logged figures are those of the kept model (the evaluation with the
+best dev BLEU, the checkpoint average included): they must be equal, since subwords (or
+tokenizing and lookup) and beam search are inside the SavedModel. Also counts `<unk>` in the
+output. Prints one JSON object.
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ def main() -> None:
     a = ap.parse_args()
 
     from tfcluster import config as config_mod
-    from tfcluster.bleu import corpus_bleu
+    from tfcluster.bleu import tokenized_reference_bleu
     from tfcluster.data import text
     from tfcluster.errors import UserError
     from tfcluster.metrics import read_metrics
@@ -53,10 +56,11 @@ def main() -> None:
     prefix = a.prefix or cfg.test_prefix
     if not prefix:
         raise UserError("--prefix is required: the run has no --test_prefix")
-    pairs = [(s, r) for s, r in zip(text.read_lines(text.resolve(prefix, cfg.src)), text.read_lines(text.resolve(prefix, cfg.tgt)))
-             if s.strip()]
-    sources = [s for s, _ in pairs]
-    refs = [toks for toks in text.tokenize_py([r for _, r in pairs], cfg.tokenize)]
+    keep = [bool(s.strip() and r.strip()) for s, r in zip(text.read_lines(text.resolve(prefix, cfg.src)),
+                                                         text.read_lines(text.resolve(prefix, cfg.tgt)))]
+    sources = [s for k, s in zip(keep, text.read_lines(text.resolve(prefix, cfg.src))) if k]
+    refs = [r for k, r in zip(keep, text.read_lines(text.resolve(prefix, cfg.tgt))) if k]
+    tok_refs = nmt.tokenized_references(prefix, cfg.tgt, keep)
     with LocalServer(model_name="nmt", model_base_path=os.path.abspath(a.model_base_path)) as srv:
         version = srv.wait_until_available("nmt", timeout_s=300)["nmt"]
         client = srv.client(timeout_s=600)
@@ -65,20 +69,26 @@ def main() -> None:
             out = client.predict("nmt", {"source": sources[i : i + a.batch]})["translation"]
             hyps += [s.decode("utf-8") for s in out.tolist()]
         seconds = time.perf_counter() - t0
-    served = corpus_bleu([[r] for r in refs], [h.split() for h in hyps])["bleu"]
-    import sacrebleu
-
-    sacre = sacrebleu.corpus_bleu(hyps, [[" ".join(r) for r in refs]], tokenize="none", force=True).score
+    served = nmt.scores(hyps, refs, cfg)
+    if tok_refs:
+        served["bleu_lc_tok"] = tokenized_reference_bleu(hyps, tok_refs)
     kept = kept_record(read_metrics(a.out_dir))
-    logged = kept.get("eval/test_bleu") if os.path.abspath(prefix) == os.path.abspath(cfg.test_prefix) else None
+    is_test = os.path.abspath(prefix) == os.path.abspath(cfg.test_prefix)
+    logged = {k: kept.get(f"eval/test_{k}") for k in served} if is_test else {}
     emit({"benchmark": "nmt_served_bleu", "run": a.out_dir, "model_base_path": a.model_base_path, "version": version,
-          "prefix": prefix, "sentences": len(sources), "served_bleu": round(served, 2), "sacrebleu_none": round(sacre, 2),
-          "logged_test_bleu": None if logged is None else round(logged, 2), "logged_at_step": kept.get("step"),
-          "logged_is_checkpoint_average": "eval/avg_ckpts" in kept,
-          "equal": None if logged is None else abs(served - logged) < 0.01,
+          "prefix": prefix, "sentences": len(sources), "subword": cfg.subword,
+          "served": {k: round(v, 2) for k, v in served.items()},
+          "logged": {k: None if v is None else round(v, 2) for k, v in logged.items()},
+          "scored_against": {"bleu": "raw references, cased, sacrebleu 13a (sacrebleu's defaults)",
+                             "bleu_tok": f"both sides split by the `{cfg.bleu_tokenize}` tokenizer (lowercased when simple)",
+                             "bleu_lc_tok": "the dataset's lowercased Moses-tokenized references, output lowercased, 13a"},
+          "logged_at_step": kept.get("step"), "logged_is_checkpoint_average": "eval/avg_ckpts" in kept,
+          "equal": None if not logged.get("bleu") else abs(served["bleu"] - logged["bleu"]) < 0.01,
+          "unk_in_output": sum(h.split().count(text.UNK) for h in hyps),
           "seconds": round(seconds, 1), "sentences_per_s": round(len(sources) / seconds, 1), "batch": a.batch,
           "beam_width": cfg.beam_width, "length_penalty_weight": cfg.length_penalty_weight,
-          "cpus": os.cpu_count(), "sample": {"source": sources[0], "translation": hyps[0]}}, a.out)
+          "cpus": os.cpu_count(), "sample": [{"source": s, "translation": h} for s, h in zip(sources[:3], hyps[:3])]},
+         a.out)
 
 
 if __name__ == "__main__":

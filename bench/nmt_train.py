@@ -34,11 +34,12 @@ import numpy as np  # noqa: E402
 
 def batches(cfg, n):
     from tfcluster.data import text
+    from tfcluster.workloads import nmt
 
-    st, tt = (text.lookup_table(p) for p in cfg.vocab_files)
+    st, tt = nmt.vocabularies(cfg)  # the run's word or subword vocabularies, as its Task reads them
     ds = text.train_dataset(
         text.resolve(cfg.train_prefix, cfg.src), text.resolve(cfg.train_prefix, cfg.tgt), st, tt,
-        batch_size=cfg.batch_size, tokenizer=cfg.tokenize, src_max_len=cfg.src_max_len,
+        batch_size=cfg.batch_size, src_max_len=cfg.src_max_len,
         tgt_max_len=cfg.tgt_max_len, num_buckets=cfg.num_buckets, seed=0,
     )
     return [tuple(t.numpy() for t in b) for b, _ in zip(ds, range(n))]

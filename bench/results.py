@@ -99,9 +99,17 @@ def served_note(name: str, path: str) -> str:
         return ""
     with open(path) as f:
         served = json.load(f)
-    if os.path.basename(os.path.normpath(served.get("run", ""))) != name or served.get("served_bleu") is None:
+    bleu = (served.get("served") or {}).get("bleu", served.get("served_bleu"))
+    if os.path.basename(os.path.normpath(served.get("run", ""))) != name or bleu is None:
         return ""
-    return f"; through `tfcluster serve`: test BLEU {served['served_bleu']:.1f}"
+    return f"; through `tfcluster serve`: test BLEU {bleu:.1f}"
+
+
+def other_bleus(record: dict) -> str:
+    """The test set's other BLEU figures beside the standard one (sacrebleu, cased), when the run logged them."""
+    parts = [f"{what} {record[key]:.1f}" for key, what in (
+        ("eval/test_bleu_tok", "tokenized"), ("eval/test_bleu_lc_tok", "lowercased tokenized references")) if key in record]
+    return f" (sacrebleu cased 13a; {', '.join(parts)})" if parts else ""
 
 
 def nmt_result(name: str, folder: str, cfg: dict, records: list[dict], docs: str, served: str = "") -> dict:
@@ -118,7 +126,7 @@ def nmt_result(name: str, folder: str, cfg: dict, records: list[dict], docs: str
     return {"workload": "NMT", "run": name, "data": os.path.join(os.path.basename(os.path.dirname(train)), os.path.basename(train)),
             "minutes": round(minutes(records), 1),
             "metric": f"dev BLEU {best.get('eval/bleu', float('nan')):.1f}, test BLEU "
-                      f"{best.get('eval/test_bleu', float('nan')):.1f} at step {best.get('step', 0)}{how}"
+                      f"{best.get('eval/test_bleu', float('nan')):.1f} at step {best.get('step', 0)}{how}{other_bleus(best)}"
                       f"{served_note(name, served)}",
             "published": PUBLISHED["nmt"], "pictures": [png]}
 

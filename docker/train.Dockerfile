@@ -6,6 +6,13 @@
 #   docker build -f docker/train.Dockerfile --build-arg VARIANT=gpu -t tfcluster/train:0.1.0-gpu .
 #   make image                                     # docker, else podman
 #   make image BASE_IMAGE=localhost/debian:bookworm   # offline: a local base with its own python3.11
+#   make image VARIANT=gpu BASE_IMAGE=localhost/debian:bookworm   # the GPU image, CUDA from pip wheels
+#
+# The GPU variant takes CUDA and cuDNN from TensorFlow's own pip wheels (`tensorflow[and-cuda]`,
+# pinned in requirements-cuda.lock) on the same base as the CPU image; the host needs only the
+# NVIDIA driver (the NVIDIA container toolkit or the Kubernetes device plugin mounts it). To build
+# on NVIDIA's CUDA image instead: --build-arg GPU_BASE_IMAGE=nvidia/cuda:12.5.1-cudnn-runtime-ubuntu22.04
+# --build-arg CUDA_FROM=base.
 #
 # Python packages come from requirements-runtime.lock (the runtime part of requirements.lock:
 # tensorflow 2.21.0, ray 2.60.0, ...; no test tools), so the image runs exactly the versions
@@ -18,8 +25,10 @@ ARG UBUNTU_VERSION=22.04
 # The CPU variant's base. Any Debian/Ubuntu image; with PYTHON_SOURCE=system it must have
 # python3.11 and python3-venv (e.g. a debootstrapped Debian bookworm).
 ARG BASE_IMAGE=ubuntu:${UBUNTU_VERSION}
-# TensorFlow 2.21 is built against CUDA 12.5 and cuDNN 9 (tf.sysconfig.get_build_info()).
-ARG CUDA_VERSION=12.5.1
+# The GPU variant's base (default: the CPU variant's) and where its CUDA comes from: wheels
+# (requirements-cuda.lock, TensorFlow 2.21's and-cuda extra) or base (an nvidia/cuda base image).
+ARG GPU_BASE_IMAGE=${BASE_IMAGE}
+ARG CUDA_FROM=wheels
 # Where Python comes from: uv (a standalone CPython that uv downloads) or system (the base
 # image's own python3.11, for builds without access to uv's downloads).
 ARG PYTHON_SOURCE=uv
@@ -31,8 +40,9 @@ FROM ghcr.io/astral-sh/uv:${UV_VERSION} AS uv
 
 FROM ${BASE_IMAGE} AS base-cpu
 
-FROM nvidia/cuda:${CUDA_VERSION}-cudnn-runtime-ubuntu${UBUNTU_VERSION} AS base-gpu
-# Let TensorFlow use the cuDNN/CUDA libraries of the base image.
+# hadolint ignore=DL3006
+FROM ${GPU_BASE_IMAGE} AS base-gpu
+# What the NVIDIA container runtime reads to mount the driver and expose the devices.
 ENV NVIDIA_VISIBLE_DEVICES=all \
     NVIDIA_DRIVER_CAPABILITIES=compute,utility
 
@@ -74,6 +84,13 @@ ENV PIP_NO_CACHE_DIR=1 \
 WORKDIR /src
 COPY requirements-runtime.lock ./
 RUN /opt/venv/bin/python -m pip install -r requirements-runtime.lock
+# The GPU variant: TensorFlow's CUDA and cuDNN wheels (TensorFlow finds them in site-packages/nvidia).
+ARG VARIANT
+ARG CUDA_FROM
+COPY requirements-cuda.lock ./
+RUN if [ "${VARIANT}" = gpu ] && [ "${CUDA_FROM}" = wheels ]; then \
+      /opt/venv/bin/python -m pip install -r requirements-cuda.lock; \
+    fi
 COPY pyproject.toml README.md ./
 COPY lib/ lib/
 RUN /opt/venv/bin/python -m pip install --no-deps --no-build-isolation . \

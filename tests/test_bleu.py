@@ -30,3 +30,14 @@ def test_equals_sacrebleu_tokenize_none(seed):
     )
     assert ours["bleu"] == pytest.approx(ref_bleu.score, abs=1e-9)
     assert ours["bp"] == pytest.approx(ref_bleu.bp, abs=1e-9)
+
+
+def test_tokenized_reference_bleu_lowercases_the_output_and_undoes_moses_escapes():
+    from tfcluster.bleu import tokenized_reference_bleu
+
+    hyps = ["Ein Mann mit einem orangefarbenen Hut, der etwas anstarrt.", "Der Hund des Mannes läuft."]
+    refs = ["ein mann mit einem orangefarbenen hut , der etwas anstarrt .", "der hund des mannes läuft ."]
+    assert tokenized_reference_bleu(hyps, refs) == pytest.approx(100.0)
+    assert tokenized_reference_bleu(["Peter's Hund."], ["peter &apos;s hund ."]) == pytest.approx(
+        tokenized_reference_bleu(["Peter's Hund."], ["peter 's hund ."]))
+    assert tokenized_reference_bleu(["Eine Katze schläft."], ["ein hund läuft ."]) < 20

@@ -72,3 +72,20 @@ def corpus_bleu(
         "hyp_len": float(hyp_len),
         "ref_len": float(ref_len),
     }
+
+
+# Moses' tokenizer escapes these; the lowercased tokenized references of Multi30k carry them.
+_MOSES_ESCAPES = (("&apos;", "'"), ("&quot;", '"'), ("&lt;", "<"), ("&gt;", ">"), ("&#91;", "["), ("&#93;", "]"),
+                  ("&#124;", "|"), ("&amp;", "&"))
+
+
+def tokenized_reference_bleu(hypotheses: Sequence[str], tokenized_references: Sequence[str]) -> float:
+    """BLEU the way published Multi30k figures are scored: against the dataset's lowercased, Moses-tokenized
+    references (`*.lc.norm.tok.*`), the output lowercased and both sides split by the same rules (sacrebleu's
+    13a, which leaves already-split text as it is; Moses' escapes undone first)."""
+    import sacrebleu
+
+    refs = list(tokenized_references)
+    for escaped, char in _MOSES_ESCAPES:
+        refs = [r.replace(escaped, char) for r in refs]
+    return float(sacrebleu.corpus_bleu([h.lower() for h in hypotheses], [[r.lower() for r in refs]], tokenize="13a").score)

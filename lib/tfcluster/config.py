@@ -92,6 +92,12 @@ class LoopConfig(RunConfig):
     """Where Ray Train keeps the checkpoints the chief reports, and restarted or rerun workers restore from:
     a path every node sees (NFS, a shared volume) or a URI pyarrow understands (s3://, gs://); empty: out_dir/ray
     (enough on one machine)."""
+    precision: Literal["float32", "mixed_bfloat16", "mixed_float16"] = "float32"
+    """Keras dtype policy of the training step: mixed_bfloat16 (A100/H100, TPUs, recent CPUs) or mixed_float16
+    (V100 and later, with a dynamic loss scale) compute in 16 bits with float32 variables; checkpoints and exports
+    stay float32."""
+    jit_compile: bool = False
+    """XLA-compile each worker's training step (tf.function jit_compile); off by default (slower on CPU here)."""
 
     @property
     def eval_every(self) -> int:

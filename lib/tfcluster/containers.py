@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import os
 import shutil
 import subprocess
@@ -92,7 +93,7 @@ def build(tag: str = "", base_image: str = "", python_source: str = "", variant:
           eng: Engine | None = None) -> str:
     """Build docker/train.Dockerfile as `tag` (default tfcluster/train:<version>); returns the tag."""
     eng = eng or engine()
-    tag = tag or f"tfcluster/train:{version()}"
+    tag = tag or f"tfcluster/train:{version()}" + ("-gpu" if variant == "gpu" else "")
     # a given base is a local one, with its own python3.11; the public default gets uv's CPython
     python_source = python_source or ("system" if base_image else "uv")
     args = ["build", "--network=host", "-f", os.path.join(ROOT, "docker", "train.Dockerfile"), "-t", tag,
@@ -106,6 +107,43 @@ def build(tag: str = "", base_image: str = "", python_source: str = "", variant:
     if p.returncode != 0:
         raise UserError(f"{eng.name} build of {tag} failed (exit {p.returncode}); its output is above")
     return tag
+
+
+# What TensorFlow 2.21 dlopens on a GPU (stream executor, cuDNN, cuBLAS, cuFFT, cuSPARSE, cuSOLVER, cuRAND,
+# NCCL for MultiWorkerMirroredStrategy's collectives): the sonames its CUDA 12 / cuDNN 9 build asks for.
+CUDA_LIBRARIES = ("libcudart.so.12", "libcublas.so.12", "libcublasLt.so.12", "libcudnn.so.9", "libcufft.so.11",
+                  "libcusparse.so.12", "libcusolver.so.11", "libcurand.so.10", "libnccl.so.2", "libnvJitLink.so.12",
+                  "libcupti.so.12")
+
+
+def cuda_check() -> dict:
+    """TensorFlow's CUDA build and each library it loads on a GPU, found the way TensorFlow finds them (the
+    RUNPATH of libtensorflow_framework: site-packages/nvidia/*/lib; else the system's loader path) and opened.
+    The driver (libcuda.so.1) comes from the host with the GPU, so its absence is reported, not failed."""
+    import ctypes
+    import glob
+
+    import tensorflow as tf
+
+    site = os.path.dirname(os.path.dirname(tf.__file__))
+    found: dict[str, str] = {}
+    for lib in CUDA_LIBRARIES:
+        candidates = sorted(glob.glob(os.path.join(site, "nvidia", "*", "lib", lib))) or [lib]
+        try:
+            ctypes.CDLL(candidates[0])
+            found[lib] = candidates[0]
+        except OSError as e:
+            found[lib] = f"not loaded: {e}"
+    try:
+        ctypes.CDLL("libcuda.so.1")
+        driver = "present"
+    except OSError:
+        driver = "absent (no NVIDIA driver on this host: TensorFlow runs on the CPU)"
+    info = tf.sysconfig.get_build_info()
+    ok = bool(tf.test.is_built_with_cuda()) and not any(v.startswith("not loaded") for v in found.values())
+    return {"ok": ok, "tensorflow": tf.__version__, "built_with_cuda": tf.test.is_built_with_cuda(),
+            "cuda_version": info.get("cuda_version"), "cudnn_version": info.get("cudnn_version"),
+            "libraries": found, "driver": driver, "gpus": [d.name for d in tf.config.list_physical_devices("GPU")]}
 
 
 def debian_mirror() -> str:
@@ -157,6 +195,8 @@ def main(argv: list[str] | None = None) -> int:
     d = sub.add_parser("bootstrap-debian", help="make a local Debian bookworm base image")
     d.add_argument("--tag", default=DEBIAN_BASE)
     sub.add_parser("engine", help="print the engine command line")
+    sub.add_parser("cuda-check", help="(inside the GPU image) TensorFlow's CUDA build and the CUDA/cuDNN libraries "
+                                      "it loads, as JSON; exit 1 when one does not resolve")
     args = p.parse_args(argv)
 
     @main_guard
@@ -165,6 +205,10 @@ def main(argv: list[str] | None = None) -> int:
             print(build(args.tag, args.base_image, args.python_source, args.variant))
         elif args.command == "bootstrap-debian":
             print(bootstrap_debian(args.tag))
+        elif args.command == "cuda-check":
+            report = cuda_check()
+            print(json.dumps(report, indent=1))
+            return 0 if report["ok"] else 1
         else:
             eng = engine()
             print(" ".join(f"{k}={v}" for k, v in eng.env.items()), *eng.argv)

@@ -41,7 +41,7 @@ def corpus(work: str) -> tuple[list[str], list[str]]:
     if folder:
         p = os.path.join(folder, "{}")
         flags = [
-            "--src", "en", "--tgt", "de", "--tokenize", "simple", "--vocab_size", "8000",
+            "--src", "en", "--tgt", "de", "--subword", "unigram", "--subword_vocab_size", "4000",
             "--train_prefix", p.format("train"), "--dev_prefix", p.format("val"),
             "--test_prefix", p.format("test_2016_flickr"),
             "--num_layers", "1", "--num_units", "128", "--attention", "scaled_luong", "--input_feeding", "false",

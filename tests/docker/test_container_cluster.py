@@ -36,7 +36,7 @@ if ENGINE is None:
                 allow_module_level=True)
 
 TAG = f"localhost/tfcluster/train:{containers.version()}-test"
-TEST_ONLY = {"pytest", "pytest-timeout", "sacrebleu", "helm-python-sdk", "kubernetes-validate"}
+TEST_ONLY = {"pytest", "pytest-timeout", "helm-python-sdk", "kubernetes-validate"}
 
 
 def _free_ports(n: int) -> list[int]:

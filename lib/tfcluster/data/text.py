@@ -6,7 +6,8 @@
   start with them in that order (the fixed copy is written to out_dir).
 * Tokenizing runs in the TensorFlow graph, so training, evaluation and the exported
   SavedModel split text identically: `space` (pre-tokenized text, as tensorflow/nmt)
-  or `simple` (lowercase, punctuation split off, for raw text such as Multi30k).
+  or `simple` (lowercase, punctuation split off); or, with subword vocabularies, a
+  SentencePiece model (`subword.py`) on the raw cased text.
 * The training pipeline follows tensorflow/nmt's `iterator_utils.get_iterator`: zip,
   shard per worker, shuffle, tokenize, drop empty pairs, truncate to max lengths, map to
   ids, `<s>`-prefixed decoder input and `</s>`-suffixed decoder output, length buckets,
@@ -237,15 +238,25 @@ def decoder_fields(s, t):
     return s, tf.size(s), t_in, tf.concat([t, [EOS_ID]], 0), tf.size(t_in)
 
 
-def to_ids_fn(src_table, tgt_table, tokenizer: str, src_max_len: int = 0, tgt_max_len: int = 0):
-    """A map function: (src line, tgt line) -> (src ids, tgt ids), each cut to its max length when given."""
+def encoder(vocab, tokenizer: str):
+    """line(s) -> int32 ids: `vocab` is a codec with `encode` (the NMT model's word or subword vocabulary), or a
+    token -> id lookup table used with the `tokenizer`."""
     import tensorflow as tf
 
-    def ids(table, line, max_len):
-        toks = tokenize(line, tokenizer)
-        return tf.cast(table.lookup(toks[:max_len] if max_len else toks), tf.int32)
+    if hasattr(vocab, "encode"):
+        return vocab.encode
+    return lambda line: tf.cast(vocab.lookup(tokenize(line, tokenizer)), tf.int32)
 
-    return lambda src, tgt: (ids(src_table, src, src_max_len), ids(tgt_table, tgt, tgt_max_len))
+
+def to_ids_fn(src_vocab, tgt_vocab, tokenizer: str = "space", src_max_len: int = 0, tgt_max_len: int = 0):
+    """A map function: (src line, tgt line) -> (src ids, tgt ids), each cut to its max length when given."""
+    enc_src, enc_tgt = encoder(src_vocab, tokenizer), encoder(tgt_vocab, tokenizer)
+
+    def ids(enc, line, max_len):
+        out = enc(line)
+        return out[:max_len] if max_len else out
+
+    return lambda src, tgt: (ids(enc_src, src, src_max_len), ids(enc_tgt, tgt, tgt_max_len))
 
 
 def both_non_empty(s, t):
@@ -274,7 +285,7 @@ def train_dataset(
     tgt_table,
     *,
     batch_size: int,
-    tokenizer: str,
+    tokenizer: str = "space",
     src_max_len: int,
     tgt_max_len: int,
     num_buckets: int = 5,
@@ -283,7 +294,8 @@ def train_dataset(
     seed: int = 0,
     shuffle_buffer: int = 0,
 ):
-    """Repeated, shuffled, bucketed batches of (src, src_len, tgt_in, tgt_out, tgt_len), as tensorflow/nmt."""
+    """Repeated, shuffled, bucketed batches of (src, src_len, tgt_in, tgt_out, tgt_len), as tensorflow/nmt.
+    `src_table`/`tgt_table`: lookup tables used with `tokenizer`, or codecs (see `encoder`)."""
     import tensorflow as tf
 
     ds = tf.data.Dataset.zip((text_dataset(src_path), text_dataset(tgt_path)))
@@ -308,7 +320,7 @@ def train_dataset(
     return ds.prefetch(tf.data.AUTOTUNE)
 
 
-def eval_dataset(src_path: str, tgt_path: str, src_table, tgt_table, *, batch_size: int, tokenizer: str):
+def eval_dataset(src_path: str, tgt_path: str, src_table, tgt_table, *, batch_size: int, tokenizer: str = "space"):
     """Dev/test batches in file order, every non-empty pair, no truncation."""
     import tensorflow as tf
 

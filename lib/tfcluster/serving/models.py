@@ -86,6 +86,32 @@ def read_meta_graph(path: str, tags: set[str]):
     raise ValueError(f"no MetaGraphDef with tags {sorted(tags)} in {path} (found {found}); see --saved_model_tags")
 
 
+# Libraries of custom ops a SavedModel may use, imported (which registers their kernels) when a graph needs an op
+# TensorFlow does not have: the stock tensorflow_model_server links tensorflow-text's ops in the same way.
+OP_LIBRARIES = ("tensorflow_text",)
+
+
+def register_ops(meta_graph, path: str) -> None:
+    """Make every op of the MetaGraphDef runnable, importing op libraries on demand; a one-line error naming the
+    missing ops otherwise."""
+    import importlib
+
+    from tensorflow.python.framework import op_def_registry
+
+    def missing():
+        return sorted({op.name for op in meta_graph.meta_info_def.stripped_op_list.op if op_def_registry.get(op.name) is None})
+
+    for lib in OP_LIBRARIES:
+        if not missing():
+            return
+        try:
+            importlib.import_module(lib)
+        except ImportError:
+            continue
+    if missing():
+        raise ValueError(f"{path} uses ops this server does not have: {', '.join(missing())}")
+
+
 def is_internal(signature_key: str) -> bool:
     """Signatures TF Serving neither lists nor runs (`__saved_model_init_op`, the TF2 init signature)."""
     return signature_key.startswith("__saved_model")
@@ -108,6 +134,7 @@ class Servable:
 
         self.name, self.version, self.path = name, version, path
         self.meta_graph = read_meta_graph(path, tags)
+        register_ops(self.meta_graph, path)
         self.graph = tf.Graph()
         self.session = tf.compat.v1.Session(graph=self.graph, config=session_config)
         from tensorflow.python.saved_model import loader_impl  # tf.compat.v1.saved_model.load, without its deprecation notice

@@ -48,19 +48,40 @@ def run_config(cfg: Any, workload: str, **kwargs: Any):
 
 
 CHIEF_FILE = "chief.json"  # where the chief says which node it runs on (out_dir, for people and tests)
+WORKERS_FILE = "workers.jsonl"  # one line per worker start: its node, GPUs and CUDA_VISIBLE_DEVICES
 
 
-def _say_where(out_dir: str, ctx: WorkerContext) -> None:
+def own_gpus() -> list[str]:
+    """Make this worker's TensorFlow see only the GPUs Ray gave it.
+
+    Ray Train hands every worker on a node the node's whole set of assigned GPUs in
+    CUDA_VISIBLE_DEVICES (for PyTorch, which picks its device by local rank); TensorFlow would
+    take every visible GPU in each worker (memory on all of them, and MultiWorkerMirroredStrategy
+    replicas per GPU). Called before TensorFlow initializes its devices.
+    """
+    import ray
+
+    ids = [str(i) for i in ray.get_gpu_ids()]
+    if ids:
+        os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(ids)
+    return ids
+
+
+def _say_where(out_dir: str, ctx: WorkerContext, gpus: list[str]) -> None:
     import json
     import socket
 
     import ray
 
     where = {"rank": ctx.rank, "world_size": ctx.world_size, "host": socket.gethostname(), "pid": os.getpid(),
-             "node_id": ray.get_runtime_context().get_node_id(), "time": time.time()}
+             "node_id": ray.get_runtime_context().get_node_id(), "gpu_ids": gpus,
+             "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"), "time": time.time()}
     os.makedirs(out_dir, exist_ok=True)
-    with open(os.path.join(out_dir, CHIEF_FILE), "w") as f:
-        json.dump(where, f)
+    with open(os.path.join(out_dir, WORKERS_FILE), "a") as f:
+        f.write(json.dumps(where) + "\n")
+    if ctx.is_chief:
+        with open(os.path.join(out_dir, CHIEF_FILE), "w") as f:
+            json.dump(where, f)
 
 
 def train_loop_per_worker(config: dict) -> None:
@@ -85,9 +106,9 @@ def train_loop_per_worker(config: dict) -> None:
     tctx = ray.train.get_context()
     ctx = WorkerContext(rank=tctx.get_world_rank(), world_size=tctx.get_world_size())
     quiet.quiet_train_worker()
+    gpus = own_gpus() if cfg.use_gpu else []
     quiet.warn_if_no_gpu(cfg.use_gpu, f"worker {ctx.rank} ({os.uname().nodename})")
-    if ctx.is_chief:
-        _say_where(cfg.out_dir, ctx)
+    _say_where(cfg.out_dir, ctx, gpus)
     stored_run = tctx.get_storage()
     best_path = os.path.join(stored_run.experiment_fs_path, runs.BEST_DIR)
 

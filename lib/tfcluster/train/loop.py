@@ -84,6 +84,17 @@ class TaskBase:
     def after_restore(self) -> None:
         """Nothing a checkpoint overwrote needs setting again."""
 
+    @staticmethod
+    def xla(fn: Callable, cfg: Any) -> Callable:
+        """`fn` XLA-compiled with --jit_compile, else as it is. Tasks compile their forward and backward pass
+        this way, not the whole replica step: cross-worker all-reduce and the optimizer's update (a merge_call
+        under MultiWorkerMirroredStrategy) cannot be inside an XLA cluster (tensorflow/tensorflow#45940)."""
+        if not getattr(cfg, "jit_compile", False):
+            return fn
+        import tensorflow as tf
+
+        return tf.function(fn, jit_compile=True, reduce_retracing=True)
+
 
 def single_host_loopback() -> None:
     """When every worker in TF_CONFIG is on this one host, talk over 127.0.0.1 instead of its LAN address."""
@@ -304,8 +315,11 @@ class Loop:
         self.cfg, self.ctx, self.report = cfg, ctx, report
         self.strategy = make_strategy(ctx.world_size)
         self.writer = MetricsWriter(cfg.out_dir, enabled=ctx.is_chief)
+        from tfcluster.train import precision
+
         with self.strategy.scope():
-            self.task = make_task(self.strategy)
+            with precision.policy(getattr(cfg, "precision", "float32")):  # the Task's layers take the policy
+                self.task = make_task(self.strategy)
             self.step_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
             self.best_var = tf.Variable(float("nan"), dtype=tf.float64, trainable=False, name="best_metric")
             self.seconds_var = tf.Variable(0.0, dtype=tf.float64, trainable=False, name="train_seconds")

@@ -105,8 +105,6 @@ class Config(LoopConfig):
     """Where the MNIST classifier for eval/fid_mnist is cached; empty: <out_dir>/fid_classifier."""
     fid_epochs: int = 2
     """Epochs to train that classifier (once)."""
-    jit: bool = False
-    """XLA-compile the train step; off because it made this step 5x slower on CPU (DESIGN.md)."""
     steps_per_stats: int = 10
     """Print a stats line and append to metrics.jsonl every this many steps."""
 

@@ -18,6 +18,7 @@ import tensorflow as tf
 
 from tfcluster import contract
 from tfcluster.errors import UserError
+from tfcluster.train import precision
 from tfcluster.train.loop import TaskBase
 from tfcluster.workloads.dcgan import (Config, _mnist_digits, folder_index, generator_plan, num_images, prepare,
                                       steps_per_epoch)
@@ -93,7 +94,8 @@ def build_generator(cfg: Config, c_dim: int | None = None):
         x = layers.Conv2DTranspose(ch, 5, strides=2, padding="same", kernel_initializer=_init(), name=f"g_h{i}")(x)
         x = layers.ReLU()(_bn()(x))
     x = layers.Conv2DTranspose(c_dim, 5, strides=2, padding="same", kernel_initializer=_init(), name=f"g_h{n_up}")(x)
-    return keras.Model(z, layers.Activation("tanh")(x), name="generator")
+    # The output in float32 under every precision (Keras's mixed-precision recipe): images, losses and exports.
+    return keras.Model(z, layers.Activation("tanh", dtype="float32")(x), name="generator")
 
 
 def build_discriminator(cfg: Config, c_dim: int | None = None):
@@ -108,14 +110,15 @@ def build_discriminator(cfg: Config, c_dim: int | None = None):
             x = _bn()(x)
         x = layers.LeakyReLU(0.2)(x)
     x = layers.Flatten()(x)
-    return keras.Model(image, layers.Dense(1, kernel_initializer=_init(), name="d_h4_lin")(x), name="discriminator")
+    logits = layers.Dense(1, kernel_initializer=_init(), name="d_h4_lin")(x)
+    return keras.Model(image, layers.Activation("linear", dtype="float32", name="d_logits")(logits), name="discriminator")
 
 
 def build(cfg: Config):
     """(generator, discriminator, g_optimizer, d_optimizer); optimizers built so checkpoints restore eagerly."""
     g, d = build_generator(cfg), build_discriminator(cfg)
-    g_opt = keras.optimizers.Adam(cfg.learning_rate, beta_1=cfg.beta1, name="g_adam")
-    d_opt = keras.optimizers.Adam(cfg.learning_rate, beta_1=cfg.beta1, name="d_adam")
+    g_opt = precision.loss_scaled(keras.optimizers.Adam(cfg.learning_rate, beta_1=cfg.beta1, name="g_adam"), cfg.precision)
+    d_opt = precision.loss_scaled(keras.optimizers.Adam(cfg.learning_rate, beta_1=cfg.beta1, name="d_adam"), cfg.precision)
     g_opt.build(g.trainable_variables)
     d_opt.build(d.trainable_variables)
     return g, d, g_opt, d_opt
@@ -189,9 +192,7 @@ class Task(TaskBase):
                             f"--batch_size {cfg.batch_size}; lower --batch_size")
         self.num_steps = cfg.epoch * self.steps_per_epoch
         self.generator, self.discriminator, self.g_opt, self.d_opt = build(cfg)
-        self._step = self._train_step
-        if cfg.jit:
-            self._step = tf.function(self._train_step, jit_compile=True)
+        self._d_gradients, self._g_gradients = self.xla(self.d_gradients, cfg), self.xla(self.g_gradients, cfg)
         self._eval: dict[str, Any] = {}
 
     def trackables(self) -> dict[str, Any]:
@@ -214,9 +215,10 @@ class Task(TaskBase):
         return ds.prefetch(tf.data.AUTOTUNE)
 
     def replica_step(self, batch) -> dict[str, Any]:
-        return self._step(*batch)
+        return self._train_step(*batch)
 
-    def _train_step(self, images, z):
+    def d_gradients(self, images, z):
+        """D's per-example losses, logits and (loss-scaled) gradients: what --jit_compile compiles."""
         g, d = self.generator, self.discriminator
         scale = 1.0 / self.cfg.batch_size  # per-example sums / global batch: replicas' gradients add up to the mean
         fake = g(z, training=True)
@@ -224,14 +226,26 @@ class Task(TaskBase):
             real_logits = d(images, training=True)
             fake_logits = d(fake, training=True)
             d_loss = d_losses(real_logits, fake_logits)
-            loss = tf.reduce_sum(d_loss) * scale
-        self.d_opt.apply_gradients(zip(tape.gradient(loss, d.trainable_variables), d.trainable_variables))
+            loss = precision.scale_loss(self.d_opt, tf.reduce_sum(d_loss) * scale)
+        return d_loss, real_logits, fake_logits, tape.gradient(loss, d.trainable_variables)
+
+    def g_gradients(self, z):
+        g, d = self.generator, self.discriminator
+        with tf.GradientTape() as tape:
+            g_loss = g_losses(d(g(z, training=True), training=True))
+            loss = precision.scale_loss(self.g_opt, tf.reduce_sum(g_loss) / self.cfg.batch_size)
+        return g_loss, tape.gradient(loss, g.trainable_variables)
+
+    def _train_step(self, images, z):
+        g, d = self.generator, self.discriminator
+        d_loss, real_logits, fake_logits, grads = self._d_gradients(images, z)
+        self.d_opt.apply_gradients(zip(grads, d.trainable_variables))
         for _ in range(self.cfg.g_steps_per_d):
-            with tf.GradientTape() as tape:
-                g_loss = g_losses(d(g(z, training=True), training=True))
-                loss = tf.reduce_sum(g_loss) * scale
-            self.g_opt.apply_gradients(zip(tape.gradient(loss, g.trainable_variables), g.trainable_variables))
+            g_loss, grads = self._g_gradients(z)
+            self.g_opt.apply_gradients(zip(grads, g.trainable_variables))
         return {
+            "d_loss_scale": precision.loss_scale(self.d_opt) * tf.cast(tf.shape(images)[0], tf.float32),
+            "g_loss_scale": precision.loss_scale(self.g_opt) * tf.cast(tf.shape(images)[0], tf.float32),
             "d_loss": tf.reduce_sum(d_loss),
             "g_loss": tf.reduce_sum(g_loss),
             "d_real": tf.reduce_sum(tf.sigmoid(real_logits)),
@@ -248,6 +262,8 @@ class Task(TaskBase):
             "train/d_fake": sums["d_fake"] / n,
             "perf/images_per_s": sums["images"] / max(seconds, 1e-9),
             "perf/step_s": seconds / max(steps, 1),
+            **({"train/d_loss_scale": sums["d_loss_scale"] / n, "train/g_loss_scale": sums["g_loss_scale"] / n}
+               if precision.is_scaled(self.d_opt) else {}),
         }
 
     # ------------------------------------------------------------------------ evaluate (chief only)

@@ -56,7 +56,14 @@ class Config(LoopConfig):
     """Vocabulary cut-off when built from the training data: tokens seen fewer times become <unk> (OpenNMT's
     -words_min_frequency; 1: keep every token up to --vocab_size)."""
     tokenize: Literal["space", "simple"] = "space"
-    """space: text is pre-tokenized (tensorflow/nmt); simple: lowercase and split punctuation (raw text)."""
+    """Word-level tokens (--subword none): space: text is pre-tokenized (tensorflow/nmt); simple: lowercase and
+    split punctuation (raw text)."""
+    subword: Literal["none", "unigram", "bpe"] = "none"
+    """Subword vocabularies: a SentencePiece model (unigram or BPE, with byte fallback) per language, trained on the
+    training data by the driver and run inside the graph and the exported SavedModel: raw cased text in, detokenized
+    cased text out, never <unk>. none: word vocabularies split by --tokenize (tensorflow/nmt)."""
+    subword_vocab_size: int = 8000
+    """Pieces per SentencePiece model (specials and the 256 byte pieces included); smaller on small corpora."""
     num_units: int = 32
     """LSTM and attention size (tensorflow/nmt: 32)."""
     num_layers: int = 2
@@ -126,6 +133,8 @@ class Config(LoopConfig):
             raise ValueError(f"--dropout must be in [0, 1), got {self.dropout}")
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ValueError(f"--label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        if self.subword != "none" and self.subword_vocab_size < 300:
+            raise ValueError(f"--subword_vocab_size must be at least 300 (3 specials and 256 byte pieces), got {self.subword_vocab_size}")
         if self.words_min_frequency < 1:
             raise ValueError(f"--words_min_frequency must be at least 1, got {self.words_min_frequency}")
         if self.batch_size < self.num_workers:
@@ -142,8 +151,20 @@ class Config(LoopConfig):
 
     @property
     def vocab_files(self) -> tuple[str, str]:
-        """The checked vocabularies the run uses, kept in out_dir (tensorflow/nmt does the same)."""
+        """The checked vocabularies the run uses, kept in out_dir (tensorflow/nmt does the same); with --subword,
+        the pieces of the SentencePiece models, one per line, for reading."""
         return os.path.join(self.out_dir, f"vocab.{self.src}"), os.path.join(self.out_dir, f"vocab.{self.tgt}")
+
+    @property
+    def subword_models(self) -> tuple[str, str]:
+        """With --subword: the SentencePiece models the run uses (`spm.<lang>.model` in out_dir)."""
+        return os.path.join(self.out_dir, f"spm.{self.src}.model"), os.path.join(self.out_dir, f"spm.{self.tgt}.model")
+
+    @property
+    def bleu_tokenize(self) -> str:
+        """The tokenizer of the tokenized BLEU (eval/bleu_tok): the word vocabulary's, or `simple` (lowercased,
+        punctuation split) beside subwords."""
+        return self.tokenize if self.subword == "none" else "simple"
 
 
 def prepare(cfg: Config) -> Config:
@@ -162,9 +183,13 @@ def prepare(cfg: Config) -> Config:
             text.check_parallel(text.resolve(prefix, cfg.src), text.resolve(prefix, cfg.tgt))
     tf.io.gfile.makedirs(cfg.out_dir)
     named = cfg.train_prefix if len(pairs) > 1 else None
-    for lang, files, out in ((cfg.src, [p[0] for p in pairs], cfg.vocab_files[0]),
-                             (cfg.tgt, [p[1] for p in pairs], cfg.vocab_files[1])):
+    for i, lang in enumerate((cfg.src, cfg.tgt)):
+        files = [p[i] for p in pairs]
         path = named and f"{named}.{lang} ({len(files)} files)" or files[0]
+        if cfg.subword != "none":
+            _prepare_subwords(cfg, lang, files, path, cfg.vocab_files[i], cfg.subword_models[i])
+            continue
+        out = cfg.vocab_files[i]
         if tf.io.gfile.exists(out):
             continue  # resume: ids must not change
         if cfg.vocab_prefix:
@@ -179,6 +204,31 @@ def prepare(cfg: Config) -> Config:
             print(f"# built a {len(vocab)}-token vocabulary{cut} from {path}, saved {out}")
         text.save_vocab(vocab, out)
     return cfg
+
+
+def _prepare_subwords(cfg: Config, lang: str, files: list[str], shown: str, vocab_out: str, model_out: str) -> None:
+    """The SentencePiece model of one language: kept when out_dir has it (resume: ids must not change), taken from
+    --vocab_prefix (`prefix.<lang>.model`), else trained on the training files; its pieces go to vocab_out."""
+    import tensorflow as tf
+
+    from tfcluster import storage
+    from tfcluster.data import subword
+
+    if not tf.io.gfile.exists(model_out):
+        if cfg.vocab_prefix:
+            src = text.resolve(cfg.vocab_prefix, f"{lang}.model", "SentencePiece model")
+            model = subword.check_model(open(storage.local_copy(src), "rb").read(), src)
+            print(f"# SentencePiece model {storage.display(src)}: {subword.size(model)} pieces, saved {model_out}")
+        else:
+            lines = (line for f in files for line in text.read_lines(f))
+            model = subword.train(lines, cfg.subword_vocab_size, cfg.subword, seed=cfg.seed)
+            print(f"# trained a {subword.size(model)}-piece SentencePiece {cfg.subword} model (byte fallback) on {shown}, "
+                  f"saved {model_out}", flush=True)
+        with tf.io.gfile.GFile(model_out, "wb") as f:
+            f.write(model)
+    if not tf.io.gfile.exists(vocab_out):
+        with tf.io.gfile.GFile(model_out, "rb") as f:
+            text.save_vocab(subword.pieces(f.read()), vocab_out)
 
 
 def vocab_sizes(cfg: Config) -> tuple[int, int]:

@@ -12,6 +12,7 @@ workload (for `--help`, presets or a sweep driver) stays free of TensorFlow.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import time
 from typing import Any
@@ -21,8 +22,10 @@ import tensorflow as tf
 
 from tfcluster import config as config_mod
 from tfcluster import contract
+from tfcluster.bleu import tokenized_reference_bleu
 from tfcluster.data import text
 from tfcluster.errors import UserError
+from tfcluster.train import precision
 from tfcluster.train.loop import TaskBase
 from tfcluster.workloads.nmt import Config, sample_sentences, vocab_sizes
 
@@ -52,7 +55,7 @@ class LSTM(keras.layers.Layer):
         return tf.matmul(x, self.kernel) + self.bias if x.shape.rank == 2 else tf.einsum("btd,dg->btg", x, self.kernel) + self.bias
 
     def cell(self, xw, h, c):
-        z = xw + tf.matmul(h, self.recurrent_kernel)
+        z = xw + tf.matmul(h, tf.cast(self.recurrent_kernel, h.dtype))  # the policy's compute dtype
         i, f, g, o = tf.split(z, 4, axis=-1)
         c = tf.sigmoid(f) * c + tf.sigmoid(i) * tf.tanh(g)
         h = tf.sigmoid(o) * tf.tanh(c)
@@ -116,17 +119,18 @@ class Attention(keras.layers.Layer):
         if self.kind in ("luong", "scaled_luong"):
             scores = tf.einsum("bqu,bku->bqk", query, keys)
             if self.kind == "scaled_luong":
-                scores = self.g * scores
+                scores = tf.cast(self.g, scores.dtype) * scores
         else:
             q = self.query_layer(query)
-            v = self.v
+            v = tf.cast(self.v, q.dtype)
             pre = q[:, :, None, :] + keys[:, None, :, :]
             if self.kind == "normed_bahdanau":
-                v = self.g * v * tf.math.rsqrt(tf.reduce_sum(tf.square(v)))
-                pre = pre + self.b
+                v = tf.cast(self.g, q.dtype) * v * tf.math.rsqrt(tf.reduce_sum(tf.square(v)))
+                pre = pre + tf.cast(self.b, q.dtype)
             scores = tf.reduce_sum(v * tf.tanh(pre), axis=-1)
-        scores = tf.where(src_mask[:, None, :], scores, tf.cast(-1e9, scores.dtype))
-        alignments = tf.nn.softmax(scores, axis=-1)
+        # Scores and their softmax in float32 under every precision.
+        scores = tf.where(src_mask[:, None, :], tf.cast(scores, tf.float32), -1e9)
+        alignments = tf.cast(tf.nn.softmax(scores, axis=-1), memory.dtype)
         context = tf.einsum("bqk,bkm->bqm", alignments, memory)
         return self.attention_layer(tf.concat([query, context], axis=-1))
 
@@ -159,25 +163,32 @@ class Seq2Seq(keras.layers.Layer):
         self.attn = Attention(cfg.attention, u, w, s, name="attention") if cfg.attention else None
         self.proj = None if cfg.share_decoder_embeddings else keras.layers.Dense(
             tgt_vocab_size, use_bias=False, kernel_initializer=init, name="output_projection")
+        # Decoding never emits <s>, nor <unk> with subwords (byte fallback spells anything without it).
+        banned = [text.SOS_ID] + ([text.UNK_ID] if cfg.subword != "none" else [])
+        self.banned = tf.constant([-1e9 if i in banned else 0.0 for i in range(tgt_vocab_size)], tf.float32)
 
     @property
     def feeds(self) -> bool:
         return bool(self.attn is not None and self.cfg.input_feeding)
 
     def project(self, x):
-        """Decoder outputs [..., U] -> logits [..., V]; with --share_decoder_embeddings, through the
+        """Decoder outputs [..., U] -> float32 logits [..., V]; with --share_decoder_embeddings, through the
         transposed target embedding."""
         if self.proj is not None:
-            return self.proj(x)
-        emb = self.tgt_emb.embeddings
+            return tf.cast(self.proj(x), tf.float32)
+        emb = tf.cast(self.tgt_emb.embeddings, x.dtype)
         flat = tf.matmul(tf.reshape(x, [-1, tf.shape(x)[-1]]), emb, transpose_b=True)
-        return tf.reshape(flat, tf.concat([tf.shape(x)[:-1], tf.shape(emb)[:1]], 0))
+        return tf.cast(tf.reshape(flat, tf.concat([tf.shape(x)[:-1], tf.shape(emb)[:1]], 0)), tf.float32)
+
+    def next_log_probs(self, out):
+        """Decoder outputs [N, U] -> log-probabilities of the next token [N, V], banned tokens excluded."""
+        return tf.nn.log_softmax(self.project(out) + self.banned)
 
     def _drop(self, x, training):
         return tf.nn.dropout(x, self.cfg.dropout) if training and self.cfg.dropout > 0 else x
 
     def zero_state(self, batch):
-        z = tf.zeros([batch, self.cfg.num_units])
+        z = tf.zeros([batch, self.cfg.num_units], self.compute_dtype)
         return [(z, z) for _ in self.dec]
 
     # -- encoder
@@ -185,7 +196,7 @@ class Seq2Seq(keras.layers.Layer):
         mask = tf.sequence_mask(src_len, tf.shape(src)[1])
         x = self.src_emb(src)
         b = tf.shape(src)[0]
-        z = tf.zeros([b, self.cfg.num_units])
+        z = tf.zeros([b, self.cfg.num_units], x.dtype)
         states = []
         if self.enc_fw:
             for fw, bw in zip(self.enc_fw, self.enc_bw):
@@ -203,7 +214,7 @@ class Seq2Seq(keras.layers.Layer):
 
     def initial_state(self, enc_states, batch):
         dec = list(enc_states) if self.cfg.pass_hidden_state else self.zero_state(batch)
-        attn = tf.zeros([batch, self.cfg.num_units])
+        attn = tf.zeros([batch, self.cfg.num_units], self.compute_dtype)
         return dec, attn
 
     # -- one decoder step (inference, and training with input feeding)
@@ -252,7 +263,7 @@ class Seq2Seq(keras.layers.Layer):
 
         def body(t, tok, finished, score, dec, attn, ta):
             out, dec = self.decode_step(self.tgt_emb(tok), dec, attn, keys, memory, mask)
-            logp = tf.nn.log_softmax(self.project(out))
+            logp = self.next_log_probs(out)
             nxt = tf.argmax(logp, axis=-1, output_type=tf.int32)
             nxt = tf.where(finished, text.EOS_ID, nxt)
             score += tf.where(finished, 0.0, tf.gather(logp, nxt, batch_dims=1))
@@ -289,7 +300,7 @@ class Seq2Seq(keras.layers.Layer):
 
         def body(t, tok, log_probs, finished, lengths, seqs, dec, attn):
             out, dec = self.decode_step(self.tgt_emb(tok), dec, attn, keys, memory, mask)
-            lp = tf.reshape(tf.nn.log_softmax(self.project(out)), [b, k, v])
+            lp = tf.reshape(self.next_log_probs(out), [b, k, v])
             lp = tf.where(finished[:, :, None], eos_row[None, None, :], lp)
             total = log_probs[:, :, None] + lp
             new_len = lengths + tf.cast(tf.logical_not(finished), tf.int32)
@@ -391,6 +402,7 @@ def build(cfg: Config, progress=None):
     model(ids, tf.constant([3, 2]), ids)
     sched = make_schedule(cfg, progress)
     opt = keras.optimizers.SGD(sched) if cfg.optimizer == "sgd" else keras.optimizers.Adam(sched)
+    opt = precision.loss_scaled(opt, cfg.precision)
     opt.build(model.trainable_variables)
     return model, opt
 
@@ -411,13 +423,91 @@ def length_penalty(lengths, alpha: float):
     return tf.pow((5.0 + tf.cast(lengths, tf.float32)) / 6.0, alpha)
 
 
-def ids_to_tokens(ids, vocab):
-    """Ids [B, T] -> RaggedTensor of tokens, cut at the first </s>."""
+def cut_at_eos(ids):
+    """Ids [B, T] -> RaggedTensor of ids, each row cut at its first </s>."""
     is_eos = tf.equal(ids, text.EOS_ID)
     t = tf.shape(ids)[1]
     first = tf.where(tf.reduce_any(is_eos, axis=1), tf.argmax(tf.cast(is_eos, tf.int32), axis=1, output_type=tf.int32), t)
-    ragged = tf.RaggedTensor.from_tensor(ids, lengths=first)
-    return tf.gather(vocab, ragged)
+    return tf.RaggedTensor.from_tensor(ids, lengths=first)
+
+
+class WordVocab(tf.Module):
+    """A word vocabulary (tensorflow/nmt): text split by --tokenize, tokens looked up (unknown: <unk>); ids
+    back to tokens joined by spaces."""
+
+    def __init__(self, vocab_file: str, tokenizer: str, for_export: bool = False):
+        super().__init__(name="word_vocab")
+        self.tokenizer = tokenizer
+        self.table = text.lookup_table(vocab_file)
+        tokens = text.load_vocab(vocab_file)
+        # In an export a variable, not a graph constant (kept in its checkpoint, the graph stays small); in training
+        # a constant (no string variable under the distribution strategy).
+        self.tokens = tf.Variable(tokens, trainable=False, name="tokens") if for_export else tf.constant(tokens)
+
+    def encode(self, line):
+        return tf.cast(self.table.lookup(text.tokenize(line, self.tokenizer)), tf.int32)
+
+    def decode(self, ids):
+        """Ragged ids [B, None] -> strings [B]."""
+        return tf.strings.reduce_join(tf.gather(self.tokens, ids), axis=-1, separator=" ")
+
+
+class SubwordVocab(tf.Module):
+    """A SentencePiece model run by tensorflow-text's ops: raw text -> piece ids (byte fallback, no <unk>);
+    ids -> detokenized text. The serialized model is part of the graph, so an export carries it."""
+
+    def __init__(self, model_file: str):
+        import tensorflow_text as tf_text  # registers the SentencePiece ops (also needed to load an export)
+
+        super().__init__(name="subword_vocab")
+        with tf.io.gfile.GFile(model_file, "rb") as f:
+            model = f.read()
+        # The op's kernel shares its model by node name: a name per model keeps the source's and the target's
+        # (and other exports' in one process) apart.
+        name = "sentencepiece_" + hashlib.sha256(model).hexdigest()[:16]
+        self.tokenizer = tf_text.SentencepieceTokenizer(model=model, out_type=tf.int32, name=name)
+
+    def encode(self, line):
+        return self.tokenizer.tokenize(line)
+
+    def decode(self, ids):
+        return self.tokenizer.detokenize(ids)
+
+
+def vocabularies(cfg: Config, for_export: bool = False) -> tuple[Any, Any]:
+    """(source, target) vocabularies of a prepared run: SentencePiece models with --subword, else word lists."""
+    if cfg.subword != "none":
+        return SubwordVocab(cfg.subword_models[0]), SubwordVocab(cfg.subword_models[1])
+    return tuple(WordVocab(f, cfg.tokenize, for_export) for f in cfg.vocab_files)  # type: ignore[return-value]
+
+
+def tokenized_references(prefix: str, lang: str, keep: list[bool] | None = None) -> list[str] | None:
+    """The lines of `prefix.lc.norm.tok.<lang>` (Multi30k's lowercased Moses-tokenized references) where `keep`
+    is true, or None when the corpus has no such file."""
+    from tfcluster import storage
+
+    path = f"{prefix}.lc.norm.tok.{lang}"
+    if not storage.exists(path):
+        return None
+    lines = list(text.read_lines(path))
+    return [l for k, l in zip(keep, lines) if k] if keep is not None else lines
+
+
+def scores(hyps: list[str], refs: list[str], cfg: Config) -> dict[str, float]:
+    """eval/bleu: sacrebleu's corpus BLEU of the detokenized output against the raw references (cased, 13a
+    tokenization, sacrebleu's defaults: the standard, comparable figure; lowercased for word models split by
+    `--tokenize simple`, which cannot write case, as `tfcluster release` scores them); bleu_tok: BLEU on the
+    project's tokens of both sides (`cfg.bleu_tokenize`; tensorflow/nmt's figure on pre-tokenized data)."""
+    import sacrebleu
+
+    from tfcluster.bleu import corpus_bleu
+
+    tok = cfg.bleu_tokenize
+    tok_refs, tok_hyps = list(text.tokenize_py(refs, tok)), list(text.tokenize_py(hyps, tok))
+    return {
+        "bleu": sacrebleu.corpus_bleu(hyps, [refs], lowercase=cfg.subword == "none" and cfg.tokenize == "simple").score,
+        "bleu_tok": corpus_bleu([[r] for r in tok_refs], tok_hyps)["bleu"],
+    }
 
 
 # ============================================================================ task (train step + evaluate)
@@ -433,11 +523,9 @@ class Task(TaskBase):
         self.progress = tf.Variable(0.0, trainable=False, name="progress",
                                     aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
         self.model, self.optimizer = build(cfg, self.progress)
-        self.src_vocab_file, self.tgt_vocab_file = cfg.vocab_files
-        self.src_table = text.lookup_table(self.src_vocab_file)
-        self.tgt_table = text.lookup_table(self.tgt_vocab_file)
-        self.tgt_vocab = tf.constant(text.load_vocab(self.tgt_vocab_file))
-        self._refs: dict[str, list[list[str]]] = {}
+        self._gradients = self.xla(self.gradients, cfg)
+        self.src_vocab, self.tgt_vocab = vocabularies(cfg)
+        self._refs: dict[str, tuple[list[str], list[str] | None]] = {}
         self._translate = None
         self._dev_loss = None
 
@@ -455,29 +543,40 @@ class Task(TaskBase):
             input_context.input_pipeline_id if input_context else 0)
         return text.train_dataset(
             [s for s, _ in pairs], [t for _, t in pairs],
-            self.src_table, self.tgt_table,
+            self.src_vocab, self.tgt_vocab,
             batch_size=input_context.get_per_replica_batch_size(cfg.batch_size) if input_context else cfg.batch_size,
-            tokenizer=cfg.tokenize, src_max_len=cfg.src_max_len, tgt_max_len=cfg.tgt_max_len,
+            src_max_len=cfg.src_max_len, tgt_max_len=cfg.tgt_max_len,
             num_buckets=cfg.num_buckets,
             num_shards=num_shards, shard_index=shard_index, seed=cfg.seed,
         )
 
-    def replica_step(self, batch):
-        src, src_len, tgt_in, tgt_out, tgt_len = batch
+    def gradients(self, src, src_len, tgt_in, tgt_out, tgt_len):
+        """(loss sum, unscaled gradients) of one replica's batch: the part --jit_compile compiles."""
         with tf.GradientTape() as tape:
             logits = self.model(src, src_len, tgt_in, training=True)
             loss_sum, smoothed_sum = training_loss_sums(logits, tgt_out, tgt_len, self.cfg.label_smoothing)
             loss = smoothed_sum / self.cfg.batch_size  # global batch (tensorflow/nmt divides by batch_size)
+            scaled = precision.scale_loss(self.optimizer, loss)  # float16: times the dynamic loss scale
+        scale = precision.loss_scale(self.optimizer)
+        grads = [tf.convert_to_tensor(g) / scale for g in tape.gradient(scaled, self.model.trainable_variables)]
+        return loss_sum, grads
+
+    def replica_step(self, batch):
+        src, src_len, tgt_in, tgt_out, tgt_len = batch
+        loss_sum, grads = self._gradients(src, src_len, tgt_in, tgt_out, tgt_len)
         variables = self.model.trainable_variables
-        grads = [tf.convert_to_tensor(g) for g in tape.gradient(loss, variables)]
+        scale = precision.loss_scale(self.optimizer)
         world = self.strategy.num_replicas_in_sync
         if world > 1:  # clip the global gradient, as one process would
             grads = tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, grads)
         grads, norm = tf.clip_by_global_norm(grads, self.cfg.max_gradient_norm)
         if world > 1:  # the optimizer sums replicas' gradients again
             grads = [g / world for g in grads]
+        if precision.is_scaled(self.optimizer):  # it unscales (and skips a non-finite step) itself
+            grads = [g * scale for g in grads]
         self.optimizer.apply_gradients(zip(grads, variables))
         return {
+            "loss_scale": scale / world,  # summed over replicas by the loop
             "loss_sum": loss_sum,
             "predict_count": tf.cast(tf.reduce_sum(tgt_len), tf.float32),
             "src_count": tf.cast(tf.reduce_sum(src_len), tf.float32),
@@ -495,6 +594,7 @@ class Task(TaskBase):
             "perf/tgt_tokens_per_s": sums["predict_count"] / seconds,
             "perf/src_tokens_per_s": sums["src_count"] / seconds,
             "perf/step_time_s": seconds / steps,
+            **({"train/loss_scale": sums["loss_scale"] / steps} if precision.is_scaled(self.optimizer) else {}),
         }
 
     # -- evaluation (chief only)
@@ -515,34 +615,34 @@ class Task(TaskBase):
             self._translate, self._dev_loss = translate, dev_loss
         return self._translate, self._dev_loss
 
-    def references(self, prefix: str) -> list[list[str]]:
+    def references(self, prefix: str) -> tuple[list[str], list[str] | None]:
+        """The raw target lines of the pairs the evaluation translates (both sides non-empty), and the lines of
+        the dataset's lowercased tokenized references (`prefix.lc.norm.tok.<tgt>`, Multi30k's) when it has them."""
         if prefix not in self._refs:
-            refs = []
-            src_lines = text.read_lines(text.resolve(prefix, self.cfg.src))
-            for s, toks in zip(src_lines, text.tokenize_py(text.read_lines(text.resolve(prefix, self.cfg.tgt)), self.cfg.tokenize)):
-                if s.strip() and toks:
-                    refs.append(toks)
-            self._refs[prefix] = refs
+            keep = [bool(s.strip() and t.strip()) for s, t in zip(text.read_lines(text.resolve(prefix, self.cfg.src)),
+                                                                 text.read_lines(text.resolve(prefix, self.cfg.tgt)))]
+            raw = [t for k, t in zip(keep, text.read_lines(text.resolve(prefix, self.cfg.tgt))) if k]
+            tok = tokenized_references(prefix, self.cfg.tgt, keep)
+            self._refs[prefix] = (raw, tok)
         return self._refs[prefix]
 
     def evaluate_prefix(self, prefix: str) -> dict[str, Any]:
-        from tfcluster.bleu import corpus_bleu
-
         cfg = self.cfg
         translate, dev_loss = self._functions()
         ds = text.eval_dataset(
-            text.resolve(prefix, cfg.src), text.resolve(prefix, cfg.tgt), self.src_table, self.tgt_table,
-            batch_size=cfg.infer_batch_size, tokenizer=cfg.tokenize,
+            text.resolve(prefix, cfg.src), text.resolve(prefix, cfg.tgt), self.src_vocab, self.tgt_vocab,
+            batch_size=cfg.infer_batch_size,
         )
         hyps, loss, count = [], 0.0, 0
         for src, src_len, tgt_in, tgt_out, tgt_len in ds:
             ids, _ = translate(src, src_len)
-            hyps += [[t.decode("utf-8") for t in row] for row in ids_to_tokens(ids, self.tgt_vocab).to_list()]
+            hyps += [h.decode("utf-8") for h in self.tgt_vocab.decode(cut_at_eos(ids)).numpy()]
             l, c = dev_loss(src, src_len, tgt_in, tgt_out, tgt_len)
             loss, count = loss + float(l), count + int(c)
-        refs = self.references(prefix)
+        refs, tok_refs = self.references(prefix)
         return {
-            "bleu": corpus_bleu([[r] for r in refs], hyps)["bleu"],
+            **scores(hyps, refs, cfg),
+            **({"bleu_lc_tok": tokenized_reference_bleu(hyps, tok_refs)} if tok_refs else {}),
             "ppl": math.exp(min(loss / max(count, 1), 100.0)),
             "sample": (refs[0], hyps[0]) if hyps else None,
         }
@@ -552,13 +652,18 @@ class Task(TaskBase):
         t0 = time.perf_counter()
         if self.cfg.dev_prefix:
             dev = self.evaluate_prefix(self.cfg.dev_prefix)
-            out["eval/bleu"], out["eval/ppl"] = dev["bleu"], dev["ppl"]
+            out["eval/bleu"], out["eval/bleu_tok"], out["eval/ppl"] = dev["bleu"], dev["bleu_tok"], dev["ppl"]
+            if "bleu_lc_tok" in dev:
+                out["eval/bleu_lc_tok"] = dev["bleu_lc_tok"]
             if dev["sample"]:
                 ref, hyp = dev["sample"]
-                print(f"    ref: {' '.join(ref)}\n    nmt: {' '.join(hyp)}", flush=True)
+                print(f"    ref: {ref}\n    nmt: {hyp}", flush=True)
         if self.cfg.test_prefix:
             test = self.evaluate_prefix(self.cfg.test_prefix)
-            out["eval/test_bleu"], out["eval/test_ppl"] = test["bleu"], test["ppl"]
+            out["eval/test_bleu"], out["eval/test_bleu_tok"] = test["bleu"], test["bleu_tok"]
+            out["eval/test_ppl"] = test["ppl"]
+            if "bleu_lc_tok" in test:
+                out["eval/test_bleu_lc_tok"] = test["bleu_lc_tok"]
         if out:
             out["perf/eval_s"] = time.perf_counter() - t0
         return out
@@ -596,30 +701,27 @@ def restore(cfg: Config, which: str = "best"):
 
 
 def serving_module(model, cfg: Config):
-    """A tf.Module whose `serve(source)` does tokenize -> lookup -> encode -> decode -> detokenize."""
+    """A tf.Module whose `serve(source)` does tokenize -> ids -> encode -> decode -> detokenize, all in the graph."""
     from tfcluster import export as export_mod
 
     class Translator(tf.Module):
         def __init__(self):
             super().__init__(name="translator")
             # The model is not an attribute: save_version tracks the variables `serve` reads.
-            self.src_table = text.lookup_table(cfg.vocab_files[0])
-            self.tgt_vocab = tf.Variable(text.load_vocab(cfg.vocab_files[1]), trainable=False, name="tgt_vocab")
+            self.src_vocab, self.tgt_vocab = vocabularies(cfg, for_export=True)
 
         @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=contract.NMT.inputs[0].key)])
         def serve(self, source):
             source = export_mod.require_shape(source, [], f"{contract.NMT.inputs[0].key} must be a batch of sentences: string [batch]")
-            toks = text.tokenize(source, cfg.tokenize)
-            ids = tf.cast(self.src_table.lookup(toks), tf.int32)
+            ids = self.src_vocab.encode(source)
             src_len = tf.cast(ids.row_lengths(), tf.int32)
             src = ids.to_tensor(default_value=text.EOS_ID)
             # An empty sentence becomes one </s> so the encoder has a step to read.
             src_len = tf.maximum(src_len, 1)
             src = tf.cond(tf.shape(src)[1] > 0, lambda: src, lambda: tf.fill([tf.shape(src)[0], 1], text.EOS_ID))
             out_ids, score = model.translate(src, src_len, cfg)
-            words = ids_to_tokens(out_ids, self.tgt_vocab)
             return {
-                contract.NMT.outputs[0].key: tf.strings.reduce_join(words, axis=-1, separator=" "),
+                contract.NMT.outputs[0].key: self.tgt_vocab.decode(cut_at_eos(out_ids)),
                 contract.NMT.outputs[1].key: score,
             }
 
@@ -662,9 +764,9 @@ def translate_file(cfg: Config, which: str = "best") -> list[str]:
     else:
         print("\n".join(out))
     if cfg.inference_ref_file:
-        from tfcluster.bleu import corpus_bleu
-
-        refs = list(text.tokenize_py(text.read_lines(require_file(cfg.inference_ref_file, "reference file")), cfg.tokenize))
-        bleu = corpus_bleu([[r] for r in refs], [h.split() for h in out])["bleu"]
-        print(f"# bleu {bleu:.2f}")
+        refs = list(text.read_lines(require_file(cfg.inference_ref_file, "reference file")))
+        if len(refs) != len(out):
+            raise UserError(f"{cfg.inference_ref_file} has {len(refs)} lines but {cfg.inference_input_file} has {len(out)}")
+        got = scores(out, refs, cfg)
+        print(f"# bleu {got['bleu']:.2f} (sacrebleu, cased, 13a)  bleu_tok {got['bleu_tok']:.2f} ({cfg.bleu_tokenize} tokens)")
     return out

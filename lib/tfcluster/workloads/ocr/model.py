@@ -12,6 +12,7 @@ import tensorflow as tf
 
 from tfcluster import export as export_mod
 from tfcluster.errors import UserError
+from tfcluster.train import precision
 from tfcluster.train.loop import TaskBase
 from tfcluster.workloads.ocr import (
     BLANK,
@@ -48,7 +49,7 @@ def build_model(cfg: Config) -> keras.Model:
     x = keras.layers.Reshape((WIDTH // 4, 2 * 2 * f))(x)
     x = keras.layers.Dense(2 * cfg.num_units, activation="relu")(x)
     x = keras.layers.Bidirectional(keras.layers.LSTM(cfg.num_units, return_sequences=True))(x)
-    logits = keras.layers.Dense(len(DIGITS) + 1, name="logits")(x)
+    logits = keras.layers.Dense(len(DIGITS) + 1, name="logits", dtype="float32")(x)  # CTC in float32 under every precision
     return keras.Model(images, logits, name="ocr")
 
 
@@ -120,7 +121,8 @@ class Task(TaskBase):
         self.cfg, self.ctx = cfg, ctx or WorkerContext()
         self.num_steps = cfg.num_train_steps
         self.model = build_model(cfg)
-        self.optimizer = keras.optimizers.Adam(learning_rate(cfg), clipnorm=5.0)
+        self.optimizer = precision.loss_scaled(keras.optimizers.Adam(learning_rate(cfg), clipnorm=5.0), cfg.precision)
+        self._gradients = self.xla(self.gradients, cfg)
         self._eval: tuple[np.ndarray, list[str]] | None = None
         self._predict = None
 
@@ -144,13 +146,18 @@ class Task(TaskBase):
     def replica_step(self, batch) -> dict[str, Any]:
         return self._train_step(*batch)
 
-    def _train_step(self, images, labels):
+    def gradients(self, images, labels):
+        """Per-example CTC losses and (loss-scaled) gradients: what --jit_compile compiles."""
         with tf.GradientTape() as tape:
             logits = self.model(images, training=True)
             loss = ctc_loss(labels, logits)
             scaled = tf.reduce_sum(loss) / self.cfg.batch_size  # replicas' gradients add up to the global mean
-        variables = self.model.trainable_variables
-        self.optimizer.apply_gradients(zip(tape.gradient(scaled, variables), variables))
+            scaled = precision.scale_loss(self.optimizer, scaled)  # float16: times the dynamic loss scale
+        return loss, tape.gradient(scaled, self.model.trainable_variables)
+
+    def _train_step(self, images, labels):
+        loss, grads = self._gradients(images, labels)
+        self.optimizer.apply_gradients(zip(grads, self.model.trainable_variables))
         return {"loss": tf.reduce_sum(loss), "images": tf.cast(tf.shape(images)[0], tf.float32)}
 
     def stats(self, sums: dict[str, float], steps: int, seconds: float) -> dict[str, float]:
