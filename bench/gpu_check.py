@@ -38,19 +38,19 @@ def configs(work: str, quick: bool) -> dict:
     os.makedirs(faces)
     rng = np.random.default_rng(0)
     for i in range(256):
-        Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(os.path.join(faces, f"{i}.png"))
+        Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(os.path.join(faces, f"{i}.jpg"))
     units = 64 if quick else 512
     return {
         "nmt": nmt.Config(src="src", tgt="tgt", train_prefix=p["train"], vocab_prefix=p["vocab"],
-                                out_dir=os.path.join(work, "nmt"), num_units=units, num_layers=2, encoder_type="bi",
-                                attention="scaled_luong", input_feeding=False, optimizer="adam", learning_rate=0.001,
-                                batch_size=32 if quick else 128),
+                          out_dir=os.path.join(work, "nmt"), num_units=units, num_layers=2, encoder_type="bi",
+                          attention="scaled_luong", input_feeding=False, optimizer="adam", learning_rate=0.001,
+                          batch_size=32 if quick else 128),
         "dcgan": dcgan.Config(dataset="faces", data_dir=os.path.join(work, "images"), input_height=64,
-                                      output_height=32 if quick else 64, gf_dim=16 if quick else 64,
-                                      df_dim=16 if quick else 64, batch_size=16 if quick else 64,
-                                      out_dir=os.path.join(work, "dcgan")),
+                              output_height=32 if quick else 64, gf_dim=16 if quick else 64,
+                              df_dim=16 if quick else 64, batch_size=16 if quick else 64,
+                              out_dir=os.path.join(work, "dcgan")),
         "ocr": ocr.Config(out_dir=os.path.join(work, "ocr"), batch_size=16 if quick else 64,
-                                filters=16 if quick else 64, num_units=32 if quick else 128),
+                          filters=16 if quick else 64, num_units=32 if quick else 128),
     }
 
 

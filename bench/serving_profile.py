@@ -21,29 +21,23 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
 import tempfile
-import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "lib"))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from report import emit  # noqa: E402  (bench/report.py, beside this file)
+import serving  # noqa: E402  (bench/serving.py)
 
 import numpy as np  # noqa: E402
 
 
 def p50_ms(fn, seconds: float) -> float:
+    """Median milliseconds of `fn()` over `seconds`, after 5 warm-up calls (bench/serving.py's timer)."""
     for _ in range(5):
         fn()
-    times = []
-    end = time.perf_counter() + seconds
-    while time.perf_counter() < end:
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times) * 1e3
+    return serving.p50_ms(fn, seconds)[0]
 
 
 def main() -> int:
