@@ -40,6 +40,7 @@ FROM ghcr.io/astral-sh/uv:${UV_VERSION} AS uv
 
 FROM ${BASE_IMAGE} AS base-cpu
 
+# GPU_BASE_IMAGE is a build argument (the CPU base or an nvidia/cuda tag), so no tag is pinned here.
 # hadolint ignore=DL3006
 FROM ${GPU_BASE_IMAGE} AS base-gpu
 # What the NVIDIA container runtime reads to mount the driver and expose the devices.

@@ -29,7 +29,7 @@ def test_rl_configs_carry_no_data_parallel_settings():
     rl = {f.name for f in dataclasses.fields(workloads.get("dqn").config)}
     loop_only = {f.name for f in dataclasses.fields(LoopConfig)} - {f.name for f in dataclasses.fields(RunConfig)}
     assert loop_only == {"num_workers", "max_failures", "steps_per_external_eval", "keep_checkpoint_max", "storage_path",
-                         "max_train_minutes", "avg_ckpts"}
+                         "max_train_minutes", "avg_ckpts", "precision", "jit_compile"}
     assert not rl & loop_only
     for name in ("nmt", "dcgan", "ocr"):
         assert issubclass(workloads.get(name).config, LoopConfig)

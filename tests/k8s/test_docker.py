@@ -131,24 +131,33 @@ def test_the_checker_catches_violations(bad, problem):
 def test_versions_are_build_args():
     train = instructions((DOCKER / "train.Dockerfile").read_text())
     train_args = {r.split("=")[0] for w, r in train if w == "ARG"}
-    assert {"VARIANT", "CUDA_VERSION", "PYTHON_VERSION", "UV_VERSION", "UBUNTU_VERSION"} <= train_args
+    assert {"VARIANT", "GPU_BASE_IMAGE", "CUDA_FROM", "PYTHON_VERSION", "UV_VERSION", "UBUNTU_VERSION"} <= train_args
     serving = instructions((DOCKER / "serving.Dockerfile").read_text())
     serving_args = {r.split("=")[0] for w, r in serving if w == "ARG"}
     assert {"TF_SERVING_VERSION", "TF_SERVING_VARIANT"} <= serving_args
 
 
-def test_gpu_base_matches_the_cuda_tensorflow_was_built_with():
-    args, sts = stages((DOCKER / "train.Dockerfile").read_text())
-    gpu_base = next(img for img, name, _ in sts if name == "base-gpu")
-    cuda = re.search(r"nvidia/cuda:(\d+)\.(\d+)\.\d+-cudnn-runtime", gpu_base)
-    assert cuda, gpu_base
-    # tensorflow[and-cuda] pins the CUDA runtime and cuDNN it was built with, e.g. nvidia-cuda-runtime-cu12>=12.5.82.
-    reqs = metadata.requires("tensorflow") or []
-    runtime = next(r for r in reqs if r.startswith("nvidia-cuda-runtime-cu"))
-    major, minor = re.search(r">=(\d+)\.(\d+)", runtime).groups()
-    assert (cuda.group(1), cuda.group(2)) == (major, minor)
-    cudnn = next(r for r in reqs if r.startswith("nvidia-cudnn-cu"))
-    assert re.search(r">=9\.", cudnn), "the base image's cuDNN (9) must match"
+def test_the_gpu_images_cuda_is_what_tensorflow_was_built_with():
+    """requirements-cuda.lock pins every package of TensorFlow's `and-cuda` extra, each inside the range
+    TensorFlow asks for; the nvidia/cuda base named for CUDA_FROM=base has the CUDA major.minor and the
+    cuDNN major TensorFlow was built with."""
+    from packaging.requirements import Requirement
+
+    lock = dict(line.split("==") for line in (ROOT / "requirements-cuda.lock").read_text().splitlines()
+                if line and not line.startswith("#"))
+    wanted = [Requirement(r) for r in metadata.requires("tensorflow") or [] if 'extra == "and-cuda"' in r]
+    assert wanted
+    for req in wanted:
+        assert req.name in lock, f"{req.name} missing from requirements-cuda.lock"
+        assert req.specifier.contains(lock[req.name]), f"{req.name}=={lock[req.name]} outside {req.specifier}"
+    runtime = next(r for r in wanted if r.name == "nvidia-cuda-runtime-cu12")
+    major, minor = re.search(r">=(\d+)\.(\d+)", str(runtime.specifier)).groups()
+    text = (DOCKER / "train.Dockerfile").read_text()
+    for tag in re.findall(r"nvidia/cuda:(\d+\.\d+)\.\d+-cudnn-runtime", text):
+        assert tag == f"{major}.{minor}", tag
+    assert re.findall(r"nvidia/cuda:", text), "the Dockerfile names the nvidia/cuda base for CUDA_FROM=base"
+    cudnn = next(r for r in wanted if r.name == "nvidia-cudnn-cu12")
+    assert re.search(r">=9\.", str(cudnn.specifier)), "the nvidia/cuda base's cuDNN (9) must match"
 
 
 def test_python_and_packages_match_the_project():
