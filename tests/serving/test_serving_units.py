@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import grpc
 import numpy as np
@@ -61,6 +62,7 @@ def test_batcher_merges_pads_and_splits():
         return {"y": inputs["x"] * 10}
 
     b = Batcher(BatchOptions(max_batch_size=8, batch_timeout_micros=200_000, num_batch_threads=1, allowed_batch_sizes=(4, 8)))
+    # TF Serving's way (run_when_idle off): the first request waits out the timeout for company
     futs = [b.submit("k", "m", run, {"x": np.full((n, 1), i, np.float32)}) for i, n in enumerate([1, 2])]
     out = [f.result(10) for f in futs]
     b.close()
@@ -76,17 +78,61 @@ def test_batcher_queue_full_is_unavailable():
     gate = threading.Event()
     b = Batcher(BatchOptions(max_batch_size=1, max_enqueued_batches=1, num_batch_threads=1))
     run = lambda x: (gate.wait(5), {"y": x["x"]})[1]  # noqa: E731
-    first = b.submit("k", "m", run, {"x": np.zeros((1, 1))})
+    first = []  # on an idle batcher the submitting thread runs its batch itself: submit from a thread
+    t = threading.Thread(target=lambda: first.append(b.submit("k", "m", run, {"x": np.zeros((1, 1))})))
+    t.start()
     deadline = threading.Event()
-    while b._queues["k"].rows:  # the thread took the first request
+    while "k" not in b._queues or b._queues["k"].rows or not b._running:  # the first request is running
         deadline.wait(0.01)
-    b.submit("k", "m", run, {"x": np.zeros((1, 1))})
+    second = b.submit("k", "m", run, {"x": np.zeros((1, 1))})  # no slot free: it queues
+    assert not second.done()
     with pytest.raises(Failure) as e:
         b.submit("k", "m", run, {"x": np.zeros((1, 1))})
     assert e.value.code == grpc.StatusCode.UNAVAILABLE and "queue to which this task was submitted is full" in e.value.message
     gate.set()
-    first.result(5)
+    t.join(5)
+    first[0].result(5)
+    second.result(5)  # a batch thread ran it once the slot was free
     b.close()
+
+
+def test_batcher_runs_a_ready_batch_on_the_submitting_thread_and_bounds_concurrency():
+    """An idle batcher runs a request's batch on the submitting thread (no hand-off); never more than
+    num_batch_threads batches at once; what queues while every slot is busy runs as one batch."""
+    lock, running, peak, where, sizes = threading.Lock(), [0], [0], [], []
+    gate = threading.Event()
+
+    def run(x):
+        with lock:
+            running[0] += 1
+            peak[0] = max(peak[0], running[0])
+            where.append(threading.current_thread().name)
+            sizes.append(x["x"].shape[0])
+        gate.wait(5)
+        with lock:
+            running[0] -= 1
+        return {"y": x["x"]}
+
+    b = Batcher(BatchOptions(max_batch_size=8, num_batch_threads=2))
+    gate.set()
+    assert b.submit("k", "m", run, {"x": np.zeros((1, 1))}).result(5)["y"].shape == (1, 1)
+    assert where == [threading.current_thread().name]
+    gate.clear()
+    futs, threads = [], []
+    for _ in range(2):  # two requests take both slots
+        threads.append(threading.Thread(target=lambda: futs.append(b.submit("k", "m", run, {"x": np.zeros((1, 1))}))))
+        threads[-1].start()
+    while running[0] < 2:
+        time.sleep(0.01)
+    queued = [b.submit("k", "m", run, {"x": np.zeros((1, 1))}) for _ in range(3)]  # all slots busy: they wait
+    assert not any(f.done() for f in queued)
+    gate.set()
+    for f in queued:
+        f.result(5)
+    for t in threads:
+        t.join(5)
+    b.close()
+    assert peak[0] == 2 and sorted(sizes)[-1] == 3 and len(sizes) == 4, (peak, sizes)
 
 
 def test_rest_row_and_columnar_formats():
@@ -194,3 +240,35 @@ def test_typed_value_fields_round_trip():
         b = tf.make_ndarray(p)
         assert b.dtype == a.dtype and b.shape == a.shape and (b == a).all()
     assert list(to_typed_proto(np.array([[3.0]], np.float32)).float_val) == [3.0]
+
+
+def test_run_when_idle_runs_a_lone_request_at_once_and_gathers_under_load():
+    """With run_when_idle a request on an idle batcher does not wait out batch_timeout_micros;
+    requests that arrive while a batch runs wait for it and run together."""
+    gate, sizes = threading.Event(), []
+
+    def run(x):
+        sizes.append(x["x"].shape[0])
+        gate.wait(5)
+        return {"y": x["x"]}
+
+    b = Batcher(BatchOptions(max_batch_size=8, batch_timeout_micros=2_000_000, num_batch_threads=2, run_when_idle=True))
+    gate.set()
+    t0 = time.perf_counter()
+    b.submit("k", "m", run, {"x": np.zeros((1, 1))}).result(5)
+    assert time.perf_counter() - t0 < 1.0  # not the 2 s timeout
+    gate.clear()
+    first = []
+    t = threading.Thread(target=lambda: first.append(b.submit("k", "m", run, {"x": np.zeros((1, 1))})))
+    t.start()
+    while len(sizes) < 2:
+        time.sleep(0.01)
+    late = [b.submit("k", "m", run, {"x": np.zeros((1, 1))}) for _ in range(3)]  # a batch runs: these gather
+    time.sleep(0.2)
+    assert len(sizes) == 2 and not any(f.done() for f in late)  # a free slot, but they wait for the timeout
+    gate.set()
+    for f in late:
+        f.result(5)
+    t.join(5)
+    b.close()
+    assert sizes == [1, 1, 3], sizes

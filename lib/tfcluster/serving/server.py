@@ -18,6 +18,7 @@ SIGTERM (or Ctrl-C): stop accepting, finish in-flight requests, exit 0.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import signal
@@ -61,6 +62,8 @@ def parser() -> argparse.ArgumentParser:
     a("--rest_api_timeout_in_ms", type=int, default=30000, help="REST request timeout in ms (default: 30000)")
     flag("--enable_batching", False, "batch requests server-side")
     flag("--allow_version_labels_for_unavailable_models", False, "allow new labels on versions not yet loaded")
+    flag("--batching_run_when_idle", True,
+         "with batching, a request that finds no batch running runs at once instead of waiting out batch_timeout_micros")
     a("--batching_parameters_file", default="", help="BatchingParameters text proto (default: TF Serving's defaults)")
     a("--model_config_file", default="", help="ModelServerConfig text proto: models, version policies, labels")
     a("--model_config_file_poll_wait_seconds", type=int, default=0, help="re-read --model_config_file this often; 0 = never (default: 0)")
@@ -75,7 +78,9 @@ def parser() -> argparse.ArgumentParser:
     a("--ssl_config_file", default="", help="SSLConfig text proto (server_key, server_cert, custom_ca, client_verify)")
     a("--saved_model_tags", default="serve", help="comma-separated MetaGraphDef tags (default: serve)")
     a("--grpc_channel_arguments", default="", help="comma-separated gRPC server arguments key=value")
-    a("--grpc_max_threads", type=int, default=4 * cores, help=f"gRPC worker threads (default: 4 x cores = {4 * cores})")
+    a("--grpc_max_threads", type=int, default=max(64, 4 * cores),
+      help="gRPC worker threads: each request in flight holds one while it waits for its batch, so this bounds how "
+           f"many requests can share a batch (default: max(64, 4 x cores) = {max(64, 4 * cores)})")
     flag("--enable_signature_method_name_check", False,
          "Classify/Regress/MultiInference only on signatures whose method_name says so (TF2 signatures all say predict)")
     flag("--enable_model_warmup", True, "replay assets.extra/tf_serving_warmup_requests before a version serves")
@@ -165,7 +170,7 @@ class ModelServer:
                 if args.batching_parameters_file
                 else protos.BatchingParameters()
             )
-            batch_opts = BatchOptions.from_proto(params)
+            batch_opts = dataclasses.replace(BatchOptions.from_proto(params), run_when_idle=args.batching_run_when_idle)
         monitoring_path = None
         if args.monitoring_config_file:
             mc = protos.parse_text(args.monitoring_config_file, protos.MonitoringConfig, "--monitoring_config_file")
