@@ -1,9 +1,11 @@
 #!/usr/bin/env python3
 """Serving overhead: in-process signature call vs gRPC round trip through `tfcluster serve`.
 
-    python bench/serving.py [--seconds 5] [--nmt_model_dir models/nmt/3] [--out bench/results/serving.json]
+    python bench/serving.py [--seconds 5] [--nmt_model_dir models/nmt/3] [--dcgan_model_dir models/dcgan/2]
+                            [--out bench/results/serving.json]
 
-For the pg policy and for nmt (one sentence per request), in the same run:
+For the pg policy, for nmt (one sentence per request) and, with --dcgan_model_dir, for a DCGAN
+generator (one latent vector per request, images back), in the same run:
   * in-process: the SavedModel's `serving_default` called directly, p50 latency at batch 1
     and throughput (rows/s) at batch 16;
   * gRPC: the local server started as a subprocess with --enable_batching
@@ -128,6 +130,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seconds", type=float, default=5.0, help="measuring time per figure (default: 5)")
     p.add_argument("--nmt_model_dir", default=None, help="an exported NMT version folder (<base>/nmt/<version>)")
+    p.add_argument("--dcgan_model_dir", default=None, help="an exported DCGAN version folder (<base>/dcgan/<version>)")
     p.add_argument("--batching_parameters_file", default=os.path.join(ROOT, "serving", "batching.config"))
     p.add_argument("--sentence", default="A man in an orange hat starring at something.",
                    help="the nmt request's source sentence")
@@ -160,6 +163,12 @@ def main() -> int:
             "pg": {"observation": np.array([[0.01, -0.02, 0.03, 0.04]], np.float32)},
             "nmt": {"source": np.array([a.sentence.encode()], dtype=object)},
         }
+        if a.dcgan_model_dir:
+            os.makedirs(os.path.join(base, "dcgan"))
+            paths["dcgan"] = os.path.join(base, "dcgan", "1")
+            os.symlink(os.path.abspath(a.dcgan_model_dir), paths["dcgan"])
+            z = tf.saved_model.load(paths["dcgan"]).signatures["serving_default"].structured_input_signature[1]["z"]
+            one["dcgan"] = {"z": np.random.default_rng(0).uniform(-1, 1, (1, z.shape[-1])).astype(np.float32)}
         results = {}
         for model, path in paths.items():  # in process first, on a quiet server-less machine
             fn = tf.saved_model.load(path).signatures["serving_default"]
@@ -201,7 +210,8 @@ def main() -> int:
         report = {
             "bench": "serving",
             "models": {"pg": "tiny linear softmax policy (tfcluster.serving.tiny)",
-                       "nmt": a.nmt_model_dir or "tiny string stand-in (tfcluster.serving.tiny.nmt_echo)"},
+                       "nmt": a.nmt_model_dir or "tiny string stand-in (tfcluster.serving.tiny.nmt_echo)",
+                       **({"dcgan": a.dcgan_model_dir} if a.dcgan_model_dir else {})},
             "batching_parameters_file": os.path.relpath(a.batching_parameters_file, ROOT),
             "seconds_per_figure": a.seconds,
             "server_flags": a.server_flag,
