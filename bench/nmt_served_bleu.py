@@ -45,7 +45,6 @@ def main() -> None:
     a = ap.parse_args()
 
     from tfcluster import config as config_mod
-    from tfcluster.bleu import tokenized_reference_bleu
     from tfcluster.data import text
     from tfcluster.errors import UserError
     from tfcluster.metrics import read_metrics
@@ -56,11 +55,7 @@ def main() -> None:
     prefix = a.prefix or cfg.test_prefix
     if not prefix:
         raise UserError("--prefix is required: the run has no --test_prefix")
-    keep = [bool(s.strip() and r.strip()) for s, r in zip(text.read_lines(text.resolve(prefix, cfg.src)),
-                                                         text.read_lines(text.resolve(prefix, cfg.tgt)))]
-    sources = [s for k, s in zip(keep, text.read_lines(text.resolve(prefix, cfg.src))) if k]
-    refs = [r for k, r in zip(keep, text.read_lines(text.resolve(prefix, cfg.tgt))) if k]
-    tok_refs = nmt.tokenized_references(prefix, cfg.tgt, keep)
+    sources, refs, tok_refs = nmt.eval_pairs(prefix, cfg)
     with LocalServer(model_name="nmt", model_base_path=os.path.abspath(a.model_base_path)) as srv:
         version = srv.wait_until_available("nmt", timeout_s=300)["nmt"]
         client = srv.client(timeout_s=600)
@@ -69,9 +64,7 @@ def main() -> None:
             out = client.predict("nmt", {"source": sources[i : i + a.batch]})["translation"]
             hyps += [s.decode("utf-8") for s in out.tolist()]
         seconds = time.perf_counter() - t0
-    served = nmt.scores(hyps, refs, cfg)
-    if tok_refs:
-        served["bleu_lc_tok"] = tokenized_reference_bleu(hyps, tok_refs)
+    served = nmt.scores(hyps, refs, cfg, tok_refs)
     kept = kept_record(read_metrics(a.out_dir))
     is_test = os.path.abspath(prefix) == os.path.abspath(cfg.test_prefix)
     logged = {k: kept.get(f"eval/test_{k}") for k in served} if is_test else {}

@@ -146,13 +146,9 @@ class Batcher:
                 )
             q.tasks.append(_Task(inputs, size, _group(inputs), fut, time.monotonic()))
             q.rows += size
-            taken = None
-            if self._running < self.opts.num_batch_threads:
-                taken, _ = self._take()
-                if taken is None:
-                    self._cond.notify()  # a batch thread waits out the queue's timeout
-                else:
-                    self._running += 1
+            taken, _ = self._take()
+            if taken is None and self._running < self.opts.num_batch_threads:
+                self._cond.notify()  # a free batch thread waits out the queue's timeout
         if taken is not None:  # run it here: no hand-off to a batch thread on an idle server
             try:
                 self._run(*taken)
@@ -180,16 +176,19 @@ class Batcher:
             t.join(timeout=30)
 
     # ---- batch threads -------------------------------------------------------------------
-    def _take(self) -> tuple[_Queue, list[_Task]] | None:
-        """Under the lock: the next ready batch, else None (and how long to wait)."""
+    def _take(self) -> tuple[tuple[_Queue, list[_Task]] | None, float | None]:
+        """Under the lock: the next ready batch, its slot claimed (the caller runs it, then `_finished`); else None
+        and how long to wait for a queue's timeout (None: until notified, e.g. when every slot is busy)."""
+        if self._running >= self.opts.num_batch_threads:
+            return None, None
         timeout = self.opts.batch_timeout_micros / 1e6
         now = time.monotonic()
+        idle = self.opts.run_when_idle and self._running == 0
         best, wait = None, None
         for q in self._queues.values():
             if not q.tasks:
                 continue
             age = now - q.tasks[0].enqueued
-            idle = self.opts.run_when_idle and self._running == 0
             if q.rows >= self.opts.max_batch_size or age >= timeout or self._closed or idle:
                 if best is None or q.tasks[0].enqueued < best.tasks[0].enqueued:
                     best = q
@@ -209,15 +208,15 @@ class Batcher:
                 rest.append(t)
         best.tasks = rest
         best.rows -= rows
+        self._running += 1
         return (best, batch), None
 
     def _work(self) -> None:
         while True:
             with self._cond:
                 while True:
-                    taken, wait = self._take() if self._running < self.opts.num_batch_threads else (None, None)
+                    taken, wait = self._take()
                     if taken is not None:
-                        self._running += 1
                         break
                     if self._closed and not any(q.tasks for q in self._queues.values()):
                         return

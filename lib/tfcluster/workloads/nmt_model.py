@@ -445,7 +445,7 @@ class WordVocab(tf.Module):
         self.tokens = tf.Variable(tokens, trainable=False, name="tokens") if for_export else tf.constant(tokens)
 
     def encode(self, line):
-        return tf.cast(self.table.lookup(text.tokenize(line, self.tokenizer)), tf.int32)
+        return text.encoder(self.table, self.tokenizer)(line)
 
     def decode(self, ids):
         """Ragged ids [B, None] -> strings [B]."""
@@ -493,20 +493,33 @@ def tokenized_references(prefix: str, lang: str, keep: list[bool] | None = None)
     return [l for k, l in zip(keep, lines) if k] if keep is not None else lines
 
 
-def scores(hyps: list[str], refs: list[str], cfg: Config) -> dict[str, float]:
+def eval_pairs(prefix: str, cfg: Config) -> tuple[list[str], list[str], list[str] | None]:
+    """(sources, raw references, lowercased tokenized references or None) of the pairs an evaluation translates:
+    both sides non-empty, in file order; each file read once."""
+    src = list(text.read_lines(text.resolve(prefix, cfg.src)))
+    tgt = list(text.read_lines(text.resolve(prefix, cfg.tgt)))
+    keep = [bool(s.strip() and t.strip()) for s, t in zip(src, tgt)]
+    return ([s for k, s in zip(keep, src) if k], [t for k, t in zip(keep, tgt) if k],
+            tokenized_references(prefix, cfg.tgt, keep))
+
+
+def scores(hyps: list[str], refs: list[str], cfg: Config, tok_refs: list[str] | None = None) -> dict[str, float]:
     """eval/bleu: sacrebleu's corpus BLEU of the detokenized output against the raw references (cased, 13a
     tokenization, sacrebleu's defaults: the standard, comparable figure; lowercased for word models split by
     `--tokenize simple`, which cannot write case, as `tfcluster release` scores them); bleu_tok: BLEU on the
-    project's tokens of both sides (`cfg.bleu_tokenize`; tensorflow/nmt's figure on pre-tokenized data)."""
+    project's tokens of both sides (`cfg.bleu_tokenize`; tensorflow/nmt's figure on pre-tokenized data);
+    bleu_lc_tok, given the dataset's lowercased tokenized references: BLEU against those (published Multi30k
+    figures)."""
     import sacrebleu
 
     from tfcluster.bleu import corpus_bleu
 
     tok = cfg.bleu_tokenize
-    tok_refs, tok_hyps = list(text.tokenize_py(refs, tok)), list(text.tokenize_py(hyps, tok))
+    tok_refs_, tok_hyps = list(text.tokenize_py(refs, tok)), list(text.tokenize_py(hyps, tok))
     return {
         "bleu": sacrebleu.corpus_bleu(hyps, [refs], lowercase=cfg.subword == "none" and cfg.tokenize == "simple").score,
-        "bleu_tok": corpus_bleu([[r] for r in tok_refs], tok_hyps)["bleu"],
+        "bleu_tok": corpus_bleu([[r] for r in tok_refs_], tok_hyps)["bleu"],
+        **({"bleu_lc_tok": tokenized_reference_bleu(hyps, tok_refs)} if tok_refs else {}),
     }
 
 
@@ -619,11 +632,7 @@ class Task(TaskBase):
         """The raw target lines of the pairs the evaluation translates (both sides non-empty), and the lines of
         the dataset's lowercased tokenized references (`prefix.lc.norm.tok.<tgt>`, Multi30k's) when it has them."""
         if prefix not in self._refs:
-            keep = [bool(s.strip() and t.strip()) for s, t in zip(text.read_lines(text.resolve(prefix, self.cfg.src)),
-                                                                 text.read_lines(text.resolve(prefix, self.cfg.tgt)))]
-            raw = [t for k, t in zip(keep, text.read_lines(text.resolve(prefix, self.cfg.tgt))) if k]
-            tok = tokenized_references(prefix, self.cfg.tgt, keep)
-            self._refs[prefix] = (raw, tok)
+            self._refs[prefix] = eval_pairs(prefix, self.cfg)[1:]
         return self._refs[prefix]
 
     def evaluate_prefix(self, prefix: str) -> dict[str, Any]:
@@ -641,8 +650,7 @@ class Task(TaskBase):
             loss, count = loss + float(l), count + int(c)
         refs, tok_refs = self.references(prefix)
         return {
-            **scores(hyps, refs, cfg),
-            **({"bleu_lc_tok": tokenized_reference_bleu(hyps, tok_refs)} if tok_refs else {}),
+            **scores(hyps, refs, cfg, tok_refs),
             "ppl": math.exp(min(loss / max(count, 1), 100.0)),
             "sample": (refs[0], hyps[0]) if hyps else None,
         }
