@@ -4,7 +4,8 @@
     python -m tfcluster.containers bootstrap-debian [--tag localhost/debian:bookworm]
     python -m tfcluster.containers engine          # prints the engine command line it would use
 
-`make image` calls `build`. The engine is `docker` when its daemon answers, else `podman`.
+`make image` calls `build`; a rebuild that moves the tag removes the image it named before. The
+engine is `docker` when its daemon answers, else `podman`.
 Podman runs with `--cgroup-manager=cgroupfs` (hosts without systemd), `--runtime runc` when
 runc is installed (crun cannot run in hybrid cgroup mode), and, unless CONTAINERS_CONF is set,
 a containers.conf with no default ulimits (a container may not raise RLIMIT_NOFILE here).
@@ -33,6 +34,9 @@ from tfcluster.errors import UserError
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 HOST_CA = "/etc/ssl/certs/ca-certificates.crt"
 DEBIAN_BASE = "localhost/debian:bookworm"
+# Free space a build needs in the engine's image store, about: the builder's venv, its copy in the
+# runtime stage and the layer commit (the GPU variant's venv carries CUDA and cuDNN, ~5 GiB more).
+BUILD_SPACE = {"cpu": 12 * 2**30, "gpu": 24 * 2**30}
 
 
 def version() -> str:
@@ -60,6 +64,35 @@ class Engine:
 
     def has_image(self, ref: str) -> bool:
         return self.run("image", "inspect", ref, check=False).returncode == 0
+
+    def image_id(self, ref: str) -> str:
+        """The image id `ref` names now ('' when there is none)."""
+        p = self.run("image", "inspect", "--format", "{{.Id}}", ref, check=False)
+        return p.stdout.decode().strip() if p.returncode == 0 else ""
+
+    def build(self, tag: str, *args: str, context: str, space: int = 0) -> None:
+        """`build -t tag ARGS context`, output to the terminal. When the tag moves, the image it named before
+        is removed (it is dangling then, and a training image's venv layer alone is gigabytes); a failed build
+        says so when the image store has less than `space` bytes free."""
+        before = self.image_id(tag)
+        p = subprocess.run(self.cmd("build", "-t", tag, *args, context), env={**os.environ, **self.env})
+        if p.returncode != 0:
+            free = self.store_free_bytes()
+            low = ("" if free is None or free >= space else
+                   f"; the image store has {free / 2**30:.1f} GiB free and this build needs about "
+                   f"{space / 2**30:.0f} GiB (free some: {self.name} image prune, {self.name} rmi)")
+            raise UserError(f"{self.name} build of {tag} failed (exit {p.returncode}); its output is above{low}")
+        if before and before != self.image_id(tag):
+            gone = self.run("rmi", before, check=False).returncode == 0
+            print(f"# {'removed' if gone else 'kept (in use)'} the image {tag} named before ({before[:12]})",
+                  flush=True)
+
+    def store_free_bytes(self) -> int | None:
+        """Free space where the engine keeps its images (None when it does not say)."""
+        fmt = "{{.DockerRootDir}}" if self.name == "docker" else "{{.Store.GraphRoot}}"
+        p = self.run("info", "--format", fmt, check=False)
+        root = p.stdout.decode().strip() if p.returncode == 0 else ""
+        return shutil.disk_usage(root).free if root and os.path.isdir(root) else None
 
 
 def _podman_conf() -> str:
@@ -96,16 +129,14 @@ def build(tag: str = "", base_image: str = "", python_source: str = "", variant:
     tag = tag or f"tfcluster/train:{version()}" + ("-gpu" if variant == "gpu" else "")
     # a given base is a local one, with its own python3.11; the public default gets uv's CPython
     python_source = python_source or ("system" if base_image else "uv")
-    args = ["build", "--network=host", "-f", os.path.join(ROOT, "docker", "train.Dockerfile"), "-t", tag,
+    args = ["--network=host", "-f", os.path.join(ROOT, "docker", "train.Dockerfile"),
             "--build-arg", f"VARIANT={variant}", "--build-arg", f"PYTHON_SOURCE={python_source}"]
     if base_image:
         args += ["--build-arg", f"BASE_IMAGE={base_image}"]
     if eng.name == "podman" and os.path.exists(HOST_CA):
         args += ["-v", f"{HOST_CA}:{HOST_CA}:ro", "--build-arg", f"PIP_CERT={HOST_CA}"]
     print(f"# building {tag} with {eng.name} (base {base_image or 'the default'}, python {python_source})", flush=True)
-    p = subprocess.run(eng.cmd(*args, ROOT), env={**os.environ, **eng.env})
-    if p.returncode != 0:
-        raise UserError(f"{eng.name} build of {tag} failed (exit {p.returncode}); its output is above")
+    eng.build(tag, *args, context=ROOT, space=BUILD_SPACE[variant])
     return tag
 
 

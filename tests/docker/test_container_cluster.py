@@ -30,11 +30,6 @@ from tfcluster.data import toy
 
 pytestmark = pytest.mark.slow
 
-ENGINE = containers.engine(required=False)
-if ENGINE is None:
-    pytest.skip("no container engine (docker with a running daemon, or podman): the container tests need one",
-                allow_module_level=True)
-
 TAG = f"localhost/tfcluster/train:{containers.version()}-test"
 TEST_ONLY = {"pytest", "pytest-timeout", "helm-python-sdk", "kubernetes-validate"}
 
@@ -52,19 +47,18 @@ def _free_ports(n: int) -> list[int]:
 
 
 @pytest.fixture(scope="module")
-def image():
-    base = containers.bootstrap_debian(eng=ENGINE)  # the stand-in for the public base image
-    return containers.build(TAG, base_image=base, eng=ENGINE)
+def image(engine, debian_base):
+    return containers.build(TAG, base_image=debian_base, eng=engine)
 
 
-def _run(*args, **kw):
-    return ENGINE.run(*args, **kw).stdout.decode()
+def _out(engine, *args) -> str:
+    return engine.run(*args).stdout.decode()
 
 
-def test_the_image_runs_tfcluster_as_a_non_root_user_without_test_tools(image):
-    assert "usage: tfcluster" in _run("run", "--rm", image, "--help")
-    assert _run("run", "--rm", "--entrypoint", "id", image, "-u").strip() == "1000"
-    names = json.loads(_run("run", "--rm", "--entrypoint", "/opt/venv/bin/python", image, "-c",
+def test_the_image_runs_tfcluster_as_a_non_root_user_without_test_tools(engine, image):
+    assert "usage: tfcluster" in _out(engine, "run", "--rm", image, "--help")
+    assert _out(engine, "run", "--rm", "--entrypoint", "id", image, "-u").strip() == "1000"
+    names = json.loads(_out(engine, "run", "--rm", "--entrypoint", "/opt/venv/bin/python", image, "-c",
                             "import json, importlib.metadata as m; print(json.dumps([d.metadata['Name'] for d in m.distributions()]))"))
     installed = {n.lower().replace("_", "-") for n in names}
     assert {"tensorflow", "ray", "tfcluster"} <= installed
@@ -74,8 +68,8 @@ def test_the_image_runs_tfcluster_as_a_non_root_user_without_test_tools(image):
 class Cluster:
     """A Ray head and workers, each a container of the image on the host network."""
 
-    def __init__(self, image: str, root, token: str):
-        self.image, self.root, self.token = image, root, token
+    def __init__(self, engine: containers.Engine, image: str, root, token: str):
+        self.engine, self.image, self.root, self.token = engine, image, root, token
         self.gcs, self.dashboard = _free_ports(2)
         self.names: list[str] = []
         self.shared = {"storage": root / "storage", "models": root / "models", "data": root / "data"}
@@ -88,7 +82,7 @@ class Cluster:
         scratch.mkdir()
         os.chmod(scratch, 0o777)
         agent, grpc, metrics, runtime_env, node_manager, object_manager = _free_ports(6)
-        _run("run", "-d", "--name", name, "--network=host", "--shm-size=1g",
+        self.engine.run("run", "-d", "--name", name, "--network=host", "--shm-size=1g",
              "-e", "RAY_AUTH_MODE=token", "-e", f"RAY_AUTH_TOKEN={self.token}",
              "-v", f"{scratch}:/tmp/ray", "-v", f"{self.shared['storage']}:/mnt/storage",
              "-v", f"{self.shared['models']}:/mnt/models", "-v", f"{self.shared['data']}:/data:ro",
@@ -108,17 +102,17 @@ class Cluster:
         return name
 
     def logs(self) -> str:
-        return "\n".join(f"--- {n}\n" + ENGINE.run("logs", "--tail", "30", n, check=False).stdout.decode(errors="replace")
+        return "\n".join(f"--- {n}\n" + self.engine.run("logs", "--tail", "30", n, check=False).stdout.decode(errors="replace")
                          for n in self.names)
 
     def remove(self) -> None:
         for n in self.names:
-            ENGINE.run("rm", "-f", n, check=False)
+            self.engine.run("rm", "-f", n, check=False)
 
 
-def test_a_ray_cluster_of_containers_trains_survives_a_lost_worker_and_exports(image, tmp_path):
+def test_a_ray_cluster_of_containers_trains_survives_a_lost_worker_and_exports(engine, image, tmp_path):
     token = secrets.token_hex(16)
-    cluster = Cluster(image, tmp_path, token)
+    cluster = Cluster(engine, image, tmp_path, token)
     p = toy.write_corpus(str(cluster.shared["data"]), sizes={"train": 1000, "dev": 10})
     assert all(x.startswith(str(cluster.shared["data"])) for x in p.values())
     env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token}
@@ -155,7 +149,7 @@ def test_a_ray_cluster_of_containers_trains_survives_a_lost_worker_and_exports(i
             time.sleep(1)
         else:
             pytest.fail("the job made no progress:\n" + client.get_job_logs(job_id) + cluster.logs())
-        ENGINE.run("kill", workers[0])
+        engine.run("kill", workers[0])
         print(f"# killed worker container {workers[0]} at step {max(steps)}; starting a replacement", flush=True)
         cluster.worker(3)  # KubeRay replaces a lost worker pod
 

@@ -18,26 +18,19 @@ from tfcluster import containers
 
 pytestmark = pytest.mark.slow
 
-ENGINE = containers.engine(required=False)
-if ENGINE is None:
-    pytest.skip("no container engine (docker with a running daemon, or podman): the container tests need one",
-                allow_module_level=True)
-
 TAG = f"localhost/tfcluster/train:{containers.version()}-gpu-test"
 
 
 @pytest.fixture(scope="module")
-def gpu_image():
-    base = containers.bootstrap_debian(eng=ENGINE)
-    return containers.build(TAG, base_image=base, variant="gpu", eng=ENGINE)
+def gpu_image(engine, debian_base):
+    return containers.build(TAG, base_image=debian_base, variant="gpu", eng=engine)
 
 
-def _run(*args, check=True):
-    p = ENGINE.run(*args, check=check)
-    return p.returncode, p.stdout.decode(errors="replace")
+def test_the_gpu_image_has_tensorflows_cuda_libraries_and_runs_as_uid_1000(engine, gpu_image):
+    def _run(*args, check=True):
+        p = engine.run(*args, check=check)
+        return p.returncode, p.stdout.decode(errors="replace")
 
-
-def test_the_gpu_image_has_tensorflows_cuda_libraries_and_runs_as_uid_1000(gpu_image):
     rc, out = _run("run", "--rm", "--entrypoint", "python", gpu_image, "-m", "tfcluster.containers", "cuda-check",
                    check=False)
     report = json.loads(out)
