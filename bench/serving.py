@@ -10,7 +10,10 @@ generator (one latent vector per request, images back), in the same run:
     and throughput (rows/s) at batch 16;
   * gRPC: the local server started as a subprocess with --enable_batching
     (serving/batching.config), p50 and p99 round-trip latency at 1 client and throughput with 16
-    concurrent clients (load-generator processes of their own, one row per request, prebuilt requests).
+    concurrent clients (load-generator processes of their own, one row per request, prebuilt requests),
+    with the batches the server ran meanwhile (its processed_batch_size metric: count, mean rows, sizes);
+  * the p50 overhead again with in-process and gRPC calls alternated call by call, one at a time
+    (`grpc_p50_overhead_ms_interleaved`), which machine drift between the two windows does not move.
 Goals (issue 3): p50 overhead <= 2 ms at 1 client; 16-client throughput >= 70% of the
 in-process throughput at batch 16. Prints one JSON object. Without --nmt_model_dir the
 nmt model is tfcluster.serving.tiny's string stand-in.
@@ -105,6 +108,64 @@ def _load(target: str, request: bytes, threads: int, seconds: float, start_at: f
     out.put([x for lat in lats for x in lat])
 
 
+def interleaved_overhead_ms(fn, inputs: dict, target: str, request: bytes, seconds: float) -> float:
+    """p50 of a gRPC round trip minus p50 of the in-process call, the two alternated call by call from this
+    process (one at a time; the server idle between its requests), so both see the same machine: the
+    separate windows of the main figure can differ by a millisecond or two on a shared 2-core machine."""
+    import grpc
+
+    with grpc.insecure_channel(target) as channel:
+        call = channel.unary_unary(PREDICT)
+        local, served = [], []
+        end = time.perf_counter() + 2 * seconds
+        while time.perf_counter() < end:
+            t0 = time.perf_counter()
+            fn(**inputs)
+            t1 = time.perf_counter()
+            call(request, timeout=60)
+            local.append(t1 - t0)
+            served.append(time.perf_counter() - t1)
+    return round((statistics.median(served) - statistics.median(local)) * 1e3, 3)
+
+
+MONITORING = "/monitoring/prometheus/metrics"
+BATCH_METRIC = ":tensorflow:serving:batching_session:processed_batch_size"
+
+
+def batch_sizes(rest_url: str, model: str) -> dict:
+    """The server's processed-batch-size histogram for `model` (its Prometheus text): batches, rows,
+    and batches per bucket (cumulative, as Prometheus counts them)."""
+    import urllib.request
+
+    text = urllib.request.urlopen(rest_url + MONITORING, timeout=30).read().decode()
+    h = {"batches": 0, "rows": 0.0, "le": {}}
+    for line in text.splitlines():
+        if not line.startswith(BATCH_METRIC) or f'model_name="{model}"' not in line:
+            continue
+        name, value = line.rsplit(" ", 1)
+        if name.startswith(BATCH_METRIC + "_bucket"):
+            h["le"][name.split('le="')[1].split('"')[0]] = int(float(value))
+        elif name.startswith(BATCH_METRIC + "_sum"):
+            h["rows"] = float(value)
+        elif name.startswith(BATCH_METRIC + "_count"):
+            h["batches"] = int(float(value))
+    return h
+
+
+def batches_between(before: dict, after: dict) -> dict:
+    """Batches the server ran between two `batch_sizes` readings: how many, mean rows, and how many
+    of at most N rows for each bucket bound N."""
+    n = after["batches"] - before["batches"]
+    prev, per_bucket = 0, {}
+    for le, total in after["le"].items():
+        count = total - before["le"].get(le, 0)
+        if count - prev:
+            per_bucket[le] = count - prev
+        prev = count
+    return {"batches": n, "mean_rows": round((after["rows"] - before["rows"]) / n, 2) if n else 0.0,
+            "batches_by_size_le": per_bucket}
+
+
 def grpc_load(target: str, request: bytes, clients: int, seconds: float, processes: int) -> dict:
     """`clients` concurrent clients spread over `processes` load-generator processes (none of them this
     one): p50/p99 latency (ms) and requests per second over the same `seconds` window."""
@@ -169,9 +230,9 @@ def main() -> int:
             os.symlink(os.path.abspath(a.dcgan_model_dir), paths["dcgan"])
             z = tf.saved_model.load(paths["dcgan"]).signatures["serving_default"].structured_input_signature[1]["z"]
             one["dcgan"] = {"z": np.random.default_rng(0).uniform(-1, 1, (1, z.shape[-1])).astype(np.float32)}
-        results = {}
+        results, fns = {}, {}
         for model, path in paths.items():  # in process first, on a quiet server-less machine
-            fn = tf.saved_model.load(path).signatures["serving_default"]
+            fn = fns[model] = tf.saved_model.load(path).signatures["serving_default"]
             x1 = {k: tf.constant(v) for k, v in one[model].items()}
             x16 = {k: tf.constant(np.repeat(v, 16, axis=0)) for k, v in one[model].items()}
             y1, _ = fn(**x1), fn(**x16)
@@ -187,8 +248,11 @@ def main() -> int:
         with open(cfg, "w") as f:
             f.write("model_config_list {\n" + "".join(
                 f'  config {{ name: "{m}" base_path: "{base}/{m}" model_platform: "tensorflow" }}\n' for m in paths) + "}\n")
+        monitoring = os.path.join(tmp, "monitoring.config")
+        with open(monitoring, "w") as f:
+            f.write(f'prometheus_config {{ enable: true path: "{MONITORING}" }}\n')
         with LocalServer(model_config_file=cfg, enable_batching=True, batching_parameters_file=a.batching_parameters_file,
-                         rest_api_port=0, log_path=os.path.join(tmp, "server.log"),
+                         monitoring_config_file=monitoring, log_path=os.path.join(tmp, "server.log"),
                          **dict(f.split("=", 1) for f in a.server_flag)) as srv:
             srv.wait_until_available(*paths, timeout_s=300)
             for model in paths:
@@ -199,9 +263,13 @@ def main() -> int:
                 body = req.SerializeToString()
                 r = results[model]
                 one_client = grpc_load(srv.target, body, 1, a.seconds, 1)
+                before = batch_sizes(srv.rest_url, model)
                 many = grpc_load(srv.target, body, 16, a.seconds, a.client_processes)
+                r["grpc_16_clients_batches"] = batches_between(before, batch_sizes(srv.rest_url, model))
                 r["grpc_p50_ms_1_client"], r["grpc_p99_ms_1_client"] = one_client["p50_ms"], one_client["p99_ms"]
                 r["grpc_p50_overhead_ms"] = round(one_client["p50_ms"] - r["in_process_p50_ms_batch1"], 3)
+                r["grpc_p50_overhead_ms_interleaved"] = interleaved_overhead_ms(
+                    fns[model], {k: tf.constant(v) for k, v in one[model].items()}, srv.target, body, a.seconds)
                 r["grpc_rows_per_s_16_clients"] = many["requests_per_s"]
                 r["grpc_p50_ms_16_clients"], r["grpc_p99_ms_16_clients"] = many["p50_ms"], many["p99_ms"]
                 r["grpc_16_clients_vs_in_process_batch16"] = round(r["grpc_rows_per_s_16_clients"] / r["in_process_rows_per_s_batch16"], 3)

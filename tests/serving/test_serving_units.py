@@ -272,3 +272,58 @@ def test_run_when_idle_runs_a_lone_request_at_once_and_gathers_under_load():
     t.join(5)
     b.close()
     assert sizes == [1, 1, 3], sizes
+
+
+def test_run_when_idle_gathers_as_many_requests_as_the_last_batch_had():
+    """Clients answered together come back together: on an idle batcher a queue whose last batch held
+    3 requests waits for 3 again (at most batch_timeout_micros), and a lone client's runs at once."""
+    gate, sizes = threading.Event(), []
+
+    def run(x):
+        sizes.append(x["x"].shape[0])
+        gate.wait(5)
+        return {"y": x["x"]}
+
+    def submit_in_thread():
+        out = []
+        t = threading.Thread(target=lambda: out.append(b.submit("k", "m", run, {"x": np.zeros((1, 1))})))
+        t.start()
+        return t, out
+
+    b = Batcher(BatchOptions(max_batch_size=8, batch_timeout_micros=1_000_000, num_batch_threads=1, run_when_idle=True))
+    t, _ = submit_in_thread()  # runs at once, held by the gate
+    while not sizes:
+        time.sleep(0.01)
+    crowd = [b.submit("k", "m", run, {"x": np.zeros((1, 1))}) for _ in range(3)]  # the slot is busy: they queue
+    gate.set()
+    t.join(5)
+    for f in crowd:
+        f.result(5)
+    assert sizes == [1, 3], sizes
+
+    t0 = time.perf_counter()
+    first, out = submit_in_thread()
+    time.sleep(0.2)
+    assert sizes == [1, 3]  # idle, but one request of the 3 the last batch had: it waits for company
+    rest = [b.submit("k", "m", run, {"x": np.zeros((1, 1))}) for _ in range(2)]  # the third runs the batch
+    first.join(5)
+    for f in [*out, *rest]:
+        f.result(5)
+    assert sizes == [1, 3, 3] and time.perf_counter() - t0 < 0.9, sizes  # ran with the third, before the timeout
+
+    t0 = time.perf_counter()
+    b.submit("k", "m", run, {"x": np.zeros((1, 1))}).result(5)  # alone: waits out the timeout once
+    waited = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    b.submit("k", "m", run, {"x": np.zeros((1, 1))}).result(5)  # the last batch was one request: at once
+    assert waited >= 0.9 and time.perf_counter() - t0 < 0.5 and sizes == [1, 3, 3, 1, 1], (waited, sizes)
+    b.close()
+
+
+def test_batch_threads_share_the_cores_out_of_tfs_intra_op_pool():
+    from tfcluster.serving.server import intra_op_threads_for_batching
+
+    assert intra_op_threads_for_batching(1, cores=2) == 2
+    assert intra_op_threads_for_batching(2, cores=2) == 1
+    assert intra_op_threads_for_batching(4, cores=16) == 4
+    assert intra_op_threads_for_batching(32, cores=16) == 1  # never 0: that would mean "TF decides"
