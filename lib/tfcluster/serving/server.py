@@ -182,10 +182,13 @@ class ModelServer:
             intra = intra_op_threads_for_batching(batch_opts.num_batch_threads)
             log.info("Batching: %d batch threads, %d intra-op threads (--tensorflow_intra_op_parallelism to change)",
                      batch_opts.num_batch_threads, intra)
-        if intra:
-            tf.config.threading.set_intra_op_parallelism_threads(intra)
-        if inter:
-            tf.config.threading.set_inter_op_parallelism_threads(inter)
+        try:
+            if intra:
+                tf.config.threading.set_intra_op_parallelism_threads(intra)
+            if inter:
+                tf.config.threading.set_inter_op_parallelism_threads(inter)
+        except RuntimeError as e:  # a server made in a process whose TensorFlow already runs
+            log.warning("TensorFlow's thread pools stay as they are: %s", e)
         monitoring_path = None
         if args.monitoring_config_file:
             mc = protos.parse_text(args.monitoring_config_file, protos.MonitoringConfig, "--monitoring_config_file")
