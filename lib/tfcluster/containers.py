@@ -63,7 +63,7 @@ class Engine:
         return p
 
     def has_image(self, ref: str) -> bool:
-        return self.run("image", "inspect", ref, check=False).returncode == 0
+        return bool(self.image_id(ref))
 
     def image_id(self, ref: str) -> str:
         """The image id `ref` names now ('' when there is none)."""

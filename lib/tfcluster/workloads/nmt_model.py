@@ -515,10 +515,10 @@ def scores(hyps: list[str], refs: list[str], cfg: Config, tok_refs: list[str] | 
     from tfcluster.bleu import corpus_bleu
 
     tok = cfg.bleu_tokenize
-    tok_refs_, tok_hyps = list(text.tokenize_py(refs, tok)), list(text.tokenize_py(hyps, tok))
+    refs_in_tokens, hyps_in_tokens = list(text.tokenize_py(refs, tok)), list(text.tokenize_py(hyps, tok))
     return {
         "bleu": sacrebleu.corpus_bleu(hyps, [refs], lowercase=cfg.subword == "none" and cfg.tokenize == "simple").score,
-        "bleu_tok": corpus_bleu([[r] for r in tok_refs_], tok_hyps)["bleu"],
+        "bleu_tok": corpus_bleu([[r] for r in refs_in_tokens], hyps_in_tokens)["bleu"],
         **({"bleu_lc_tok": tokenized_reference_bleu(hyps, tok_refs)} if tok_refs else {}),
     }
 
