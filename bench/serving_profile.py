@@ -9,6 +9,8 @@ Rows, in order (each adds one layer to the one before):
   session        the version as `tfcluster serve` loads it: a session over the MetaGraphDef (TF Serving's way),
                  TF_SessionRun with the server's default session config
   session_*      the same with other session settings (thread pools), to see what the session's own costs are
+                 (not the intra-op pool's size: TF sizes one pool for the process, here from the eager row;
+                 compare servers started with --tensorflow_intra_op_parallelism for that)
   core           the server's request path without the network: PredictRequest proto -> numpy -> checks ->
                  session -> typed TensorProto response, metrics (no batching)
   core_batching  the same through the batching queue (serving/batching.config)
@@ -20,6 +22,7 @@ apart. Run on a quiet machine.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 import tempfile
@@ -73,7 +76,6 @@ def main() -> int:
 
     sessions = {"session": None,
                 "session_inter_op_1": tf.compat.v1.ConfigProto(inter_op_parallelism_threads=1),
-                "session_intra_op_1": tf.compat.v1.ConfigProto(intra_op_parallelism_threads=1),
                 "session_per_session_threads": tf.compat.v1.ConfigProto(use_per_session_threads=True)}
     for name, config in sessions.items():
         servable = Servable(a.model_name, 1, path, {"serve"}, config)
@@ -90,7 +92,9 @@ def main() -> int:
         for k, v in inputs.items():
             request.inputs[k].CopyFrom(tf.make_tensor_proto(v))
         params = protos.parse_text(os.path.join(ROOT, "serving", "batching.config"), protos.BatchingParameters, "batching")
-        for name, batcher in (("core", None), ("core_batching", Batcher(BatchOptions.from_proto(params)))):
+        # as `tfcluster serve` batches by default: an idle server runs a lone request at once
+        batching = dataclasses.replace(BatchOptions.from_proto(params), run_when_idle=True)
+        for name, batcher in (("core", None), ("core_batching", Batcher(batching))):
             manager = ModelManager(Options(tags={"serve"}, session_config=tf.compat.v1.ConfigProto()))
             config = model_server_config_pb2.ModelServerConfig()
             config.model_config_list.config.add(name=a.model_name, base_path=base, model_platform="tensorflow")
