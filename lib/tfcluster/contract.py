@@ -18,6 +18,9 @@ from typing import Any, Callable, Literal
 
 DEFAULT_SIGNATURE = "serving_default"
 WARMUP_FILE = "assets.extra/tf_serving_warmup_requests"
+# A tensorflow.ConfigProto text proto: the thread settings a model's graph runs best with, for
+# `tfcluster serve` (TF Serving ignores assets.extra files it does not know).
+SESSION_CONFIG_FILE = "assets.extra/session_config.pbtxt"
 
 
 @dataclass(frozen=True)
@@ -37,6 +40,9 @@ class ModelSpec:
     inputs: tuple[Tensor, ...]
     outputs: tuple[Tensor, ...]
     signature: str = DEFAULT_SIGNATURE
+    # Intra-op threads for one run of the graph, written into each export as SESSION_CONFIG_FILE;
+    # 0 = the server decides (TF: one per core).
+    intra_op_threads: int = 0
 
     def input(self, key: str) -> Tensor:
         return next(t for t in self.inputs if t.key == key)
@@ -63,6 +69,9 @@ NMT = ModelSpec(
     name="nmt",
     inputs=(Tensor("source", "string", (None,)),),
     outputs=(Tensor("translation", "string", (None,)), Tensor("score", "float32", (None,))),
+    # Beam search runs thousands of small ops per sentence: on one thread each runs inline, with no
+    # hand-off to a pool, and the server runs batches side by side on the other cores instead.
+    intra_op_threads=1,
 )
 DCGAN = ModelSpec(
     name="dcgan",

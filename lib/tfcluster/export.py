@@ -87,6 +87,17 @@ def write_warmup(saved_model_dir: str, spec: contract.ModelSpec, requests: list[
     return path
 
 
+def write_session_config(saved_model_dir: str, intra_op_threads: int) -> str:
+    """Write `assets.extra/session_config.pbtxt`: the intra-op threads `tfcluster serve` gives this model."""
+    import tensorflow as tf
+
+    path = os.path.join(saved_model_dir, contract.SESSION_CONFIG_FILE)
+    tf.io.gfile.makedirs(os.path.dirname(path))
+    with tf.io.gfile.GFile(path, "w") as f:
+        f.write(f"intra_op_parallelism_threads: {intra_op_threads}\n")
+    return path
+
+
 def captured_variables(functions) -> list:
     """The tf.Variables the concrete `functions` read, each once.
 
@@ -141,6 +152,8 @@ def save_version(
         tf.saved_model.save(module, tmp, signatures=signatures)
         if warmup:
             write_warmup(tmp, spec, warmup)
+        if spec.intra_op_threads:
+            write_session_config(tmp, spec.intra_op_threads)
         if remote:
             storage.upload_tree(tmp, final)  # saved_model.pb last
         else:

@@ -373,6 +373,19 @@ def test_grpc_health(server):
         assert e.value.code() == grpc.StatusCode.NOT_FOUND
 
 
+def test_versions_run_on_the_threads_their_exports_ask_for(server, repo):
+    """The tiny NMT export asks for one intra-op thread (contract.NMT): at start-up the server gave each
+    session a pool of its own, loaded that version on one thread, and the other models on the server's."""
+    from tfcluster.serving.server import model_server_config, models_asking_for_threads, parser
+
+    assert models_asking_for_threads(model_server_config(parser().parse_args(["--model_config_file", repo["config"]]))) == ["nmt"]
+    with open(server.log_path) as f:
+        log = f.read()
+    assert "owns its intra-op pool (TF_OVERRIDE_GLOBAL_THREADPOOL=1): nmt ask" in log
+    loaded = [ln for ln in log.splitlines() if "Successfully loaded servable version" in ln]
+    assert [ln for ln in loaded if "intra-op thread" in ln] == [ln for ln in loaded if "{name: nmt " in ln] != []
+
+
 def test_batching_merges_concurrent_requests(stub):
     n = 6
     barrier, results, errors = threading.Barrier(n), [None] * n, []

@@ -327,3 +327,74 @@ def test_batch_threads_share_the_cores_out_of_tfs_intra_op_pool():
     assert intra_op_threads_for_batching(2, cores=2) == 1
     assert intra_op_threads_for_batching(4, cores=16) == 4
     assert intra_op_threads_for_batching(32, cores=16) == 1  # never 0: that would mean "TF decides"
+
+
+def test_a_model_on_threads_of_its_own_runs_batches_side_by_side():
+    """With num_batch_threads 1 on 2 cores, a model that runs on one intra-op thread (its export's
+    session_config.pbtxt) runs two batches at once; a model on the whole pool starts only once they end."""
+    gate, lock, now, peak, started = threading.Event(), threading.Lock(), [0], [0], []
+
+    def runner(name):
+        def run(x):
+            with lock:
+                now[0] += 1
+                peak[0] = max(peak[0], now[0])
+                started.append((name, now[0]))
+            gate.wait(5)
+            with lock:
+                now[0] -= 1
+            return {"y": x["x"]}
+
+        return run
+
+    b = Batcher(BatchOptions(max_batch_size=8, num_batch_threads=1), cores=2)
+    assert (b.slots(0), b.slots(1), b.slots(2), b.slots(4)) == (1, 2, 1, 1)
+    nmt, futs = runner("nmt"), []
+    threads = [threading.Thread(target=lambda: futs.append(b.submit("nmt", "nmt", nmt, {"x": np.zeros((1, 1))}, 1)))
+               for _ in range(2)]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + 5
+    while now[0] < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert now[0] == 2, started  # both NMT batches run at once
+    dcgan = b.submit("dcgan", "dcgan", runner("dcgan"), {"x": np.zeros((1, 1))})
+    time.sleep(0.2)
+    assert not dcgan.done()  # the cores are taken: it waits for them
+    gate.set()
+    assert dcgan.result(5)["y"].shape == (1, 1)
+    for t in threads:
+        t.join(5)
+    b.close()
+    assert peak[0] == 2 and started[-1] == ("dcgan", 1), started
+
+
+def test_a_version_runs_on_the_threads_its_export_asks_for(tmp_path):
+    """The NMT contract's export writes assets.extra/session_config.pbtxt (one intra-op thread); a server
+    that honours it gives that version's session one thread, keeping its other settings; explicit server
+    flags (model_threads False) win; a broken file fails the load with the file's name."""
+    import os
+
+    import tensorflow as tf
+
+    from tfcluster.serving import tiny
+    from tfcluster.serving.models import Servable, model_intra_op_threads
+
+    nmt = tiny.export(tiny.nmt_echo(), str(tmp_path), contract.NMT)
+    pg = tiny.export(tiny.pg_policy(0), str(tmp_path), contract.PG)
+    assert model_intra_op_threads(nmt) == 1 and model_intra_op_threads(pg) == 0
+    server = tf.compat.v1.ConfigProto(intra_op_parallelism_threads=2, inter_op_parallelism_threads=3)
+    own = Servable("nmt", 1, nmt, {"serve"}, server, model_threads=True)
+    assert own.intra_op_threads == 1
+    assert (own.session._config.intra_op_parallelism_threads, own.session._config.inter_op_parallelism_threads) == (1, 3)
+    assert server.intra_op_parallelism_threads == 2  # the server's config is not changed
+    out = own.signatures["serving_default"].run({"source": np.array([b"a b c"])})
+    assert out["translation"].tolist() == tf.saved_model.load(nmt).signatures["serving_default"](
+        source=tf.constant([b"a b c"]))["translation"].numpy().tolist()
+    flagged = Servable("nmt", 1, nmt, {"serve"}, server, model_threads=False)
+    assert flagged.intra_op_threads == 0 and flagged.session._config.intra_op_parallelism_threads == 2
+    assert Servable("pg", 1, pg, {"serve"}, server, model_threads=True).intra_op_threads == 0
+    with open(os.path.join(nmt, contract.SESSION_CONFIG_FILE), "w") as f:
+        f.write("intra_op_parallelism_threads: many\n")
+    with pytest.raises(ValueError, match="session_config.pbtxt: not a ConfigProto"):
+        Servable("nmt", 1, nmt, {"serve"}, server, model_threads=True)

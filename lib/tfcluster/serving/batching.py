@@ -25,6 +25,11 @@ queue, or `batch_timeout_micros` 0) and fewer than that many run, the submitting
 itself instead of waking a batch thread: a request on an idle server pays no hand-off between
 threads (about 1.3 ms of p50 on a 2-core machine, `bench/serving_profile.py`). The batch threads
 run what queues up while every slot is busy, so batches still form under load.
+
+A model whose export runs on intra-op threads of its own (`assets.extra/session_config.pbtxt`:
+the NMT decoder's one thread) has as many slots as its runs fit on the cores (cores / its threads,
+at least `num_batch_threads`), so its batches run side by side instead of leaving cores idle;
+another model's batch starts only while fewer than `num_batch_threads` batches run.
 """
 
 from __future__ import annotations
@@ -104,8 +109,9 @@ def _group(inputs: Mapping[str, np.ndarray]) -> tuple:
 
 
 class _Queue:
-    def __init__(self, run: Callable[[Mapping[str, np.ndarray]], dict[str, np.ndarray]], on_batch):
+    def __init__(self, run: Callable[[Mapping[str, np.ndarray]], dict[str, np.ndarray]], on_batch, slots: int):
         self.run, self.on_batch = run, on_batch
+        self.slots = slots  # this queue's batch runs while fewer than this many batches run
         self.tasks: collections.deque[_Task] = collections.deque()
         self.rows = 0
         self.last_tasks = 1  # requests in the last batch taken from this queue
@@ -114,19 +120,32 @@ class _Queue:
 class Batcher:
     """A shared scheduler over one queue per (servable, signature)."""
 
-    def __init__(self, opts: BatchOptions, on_batch: Callable[[str, int], None] | None = None):
+    def __init__(self, opts: BatchOptions, on_batch: Callable[[str, int], None] | None = None, cores: int | None = None):
         self.opts = opts
+        self.cores = cores or os.cpu_count() or 1
         self.on_batch = on_batch
         self._cond = threading.Condition()
         self._queues: dict[object, _Queue] = {}
         self._closed = False
         self._running = 0  # batches running now, on batch threads and submitting threads
         self._idle_since = time.monotonic()  # when _running last became 0
-        self._threads = [threading.Thread(target=self._work, name=f"batch-{i}", daemon=True) for i in range(opts.num_batch_threads)]
-        for t in self._threads:
+        self._threads: list[threading.Thread] = []
+        self._grow(opts.num_batch_threads)
+
+    def _grow(self, n: int) -> None:
+        while len(self._threads) < n:
+            t = threading.Thread(target=self._work, name=f"batch-{len(self._threads)}", daemon=True)
+            self._threads.append(t)
             t.start()
 
-    def submit(self, key: object, label: str, run, inputs: Mapping[str, np.ndarray]) -> Future:
+    def slots(self, intra_op_threads: int = 0) -> int:
+        """How many batches may run at once while one of a model's runs: num_batch_threads, or for a model that
+        runs on `intra_op_threads` threads of its own (its session_config.pbtxt), as many as fit on the cores."""
+        if not intra_op_threads:
+            return self.opts.num_batch_threads
+        return max(self.opts.num_batch_threads, self.cores // intra_op_threads)
+
+    def submit(self, key: object, label: str, run, inputs: Mapping[str, np.ndarray], intra_op_threads: int = 0) -> Future:
         sizes = {a.shape[0] if a.ndim else None for a in inputs.values()}
         if None in sizes or len(sizes) != 1:
             raise invalid(
@@ -145,7 +164,8 @@ class Batcher:
                 raise Failure(grpc.StatusCode.UNAVAILABLE, "the server is shutting down")
             q = self._queues.get(key)
             if q is None:
-                q = self._queues[key] = _Queue(run, label)
+                q = self._queues[key] = _Queue(run, label, self.slots(intra_op_threads))
+                self._grow(q.slots)
             if q.rows + size > self.opts.max_enqueued_batches * self.opts.max_batch_size:
                 raise Failure(
                     grpc.StatusCode.UNAVAILABLE,
@@ -155,7 +175,7 @@ class Batcher:
             q.tasks.append(_Task(inputs, size, _group(inputs), fut, time.monotonic()))
             q.rows += size
             taken, _ = self._take()
-            if taken is None and self._running < self.opts.num_batch_threads:
+            if taken is None and self._running < q.slots:
                 self._cond.notify()  # a free batch thread waits out the queue's timeout
         if taken is not None:  # run it here: no hand-off to a batch thread on an idle server
             try:
@@ -189,14 +209,14 @@ class Batcher:
     def _take(self) -> tuple[tuple[_Queue, list[_Task]] | None, float | None]:
         """Under the lock: the next ready batch, its slot claimed (the caller runs it, then `_finished`); else None
         and how long to wait for a queue's timeout (None: until notified, e.g. when every slot is busy)."""
-        if self._running >= self.opts.num_batch_threads:
+        if self._running >= len(self._threads):
             return None, None
         timeout = self.opts.batch_timeout_micros / 1e6
         now = time.monotonic()
         idle = self.opts.run_when_idle and self._running == 0
         best, wait = None, None
         for q in self._queues.values():
-            if not q.tasks:
+            if not q.tasks or self._running >= q.slots:
                 continue
             age = now - q.tasks[0].enqueued
             as_many = False

@@ -117,6 +117,25 @@ def is_internal(signature_key: str) -> bool:
     return signature_key.startswith("__saved_model")
 
 
+def model_intra_op_threads(path: str) -> int:
+    """The intra-op threads a SavedModel asks for in `assets.extra/session_config.pbtxt` (a ConfigProto
+    text proto, written by the workloads' exports); 0 when it has none. A bad file fails the load."""
+    import tensorflow as tf
+    from google.protobuf import text_format
+
+    f = os.path.join(path, contract.SESSION_CONFIG_FILE)
+    if not os.path.exists(f):
+        return 0
+    try:
+        with open(f) as fh:
+            cfg = text_format.Parse(fh.read(), tf.compat.v1.ConfigProto())
+    except text_format.ParseError as e:
+        raise ValueError(f"{contract.SESSION_CONFIG_FILE}: not a ConfigProto text proto: {e}") from None
+    if cfg.intra_op_parallelism_threads < 0:
+        raise ValueError(f"{contract.SESSION_CONFIG_FILE}: intra_op_parallelism_threads must be >= 0")
+    return cfg.intra_op_parallelism_threads
+
+
 class Servable:
     """One loaded version of a model, run the way `tensorflow_model_server` runs it.
 
@@ -129,10 +148,16 @@ class Servable:
     its checkpoint does not restore fails here as it would in TF Serving.
     """
 
-    def __init__(self, name: str, version: int, path: str, tags: set[str], session_config=None):
+    def __init__(self, name: str, version: int, path: str, tags: set[str], session_config=None, model_threads: bool = False):
         import tensorflow as tf
 
         self.name, self.version, self.path = name, version, path
+        # intra-op threads this version asked for in its assets.extra/session_config.pbtxt (0: none asked)
+        self.intra_op_threads = model_intra_op_threads(path) if model_threads else 0
+        if self.intra_op_threads:
+            session_config = tf.compat.v1.ConfigProto.FromString(
+                session_config.SerializeToString()) if session_config is not None else tf.compat.v1.ConfigProto()
+            session_config.intra_op_parallelism_threads = self.intra_op_threads
         self.meta_graph = read_meta_graph(path, tags)
         register_ops(self.meta_graph, path)
         self.graph = tf.Graph()
@@ -262,6 +287,9 @@ class Options:
     on_load: Callable[[str, str, bool], None] | None = None  # (model, path, ok)
     keep_history: int = 16
     session_config: object = None  # tf.compat.v1.ConfigProto for each version's session (thread pools)
+    # a version's assets.extra/session_config.pbtxt sets its session's intra-op threads (each session owns
+    # its pool only where TF_OVERRIDE_GLOBAL_THREADPOOL=1 was set before TensorFlow started: `tfcluster serve`)
+    model_threads: bool = False
 
 
 class ModelManager:
@@ -429,7 +457,8 @@ class ModelManager:
         log.info("Loading servable version {name: %s version: %d} from %s", name, vs.version, vs.path)
         try:
             # A version in a bucket is loaded from its node-cache copy (TensorFlow reads no s3://).
-            servable = Servable(name, vs.version, storage.local_tree(vs.path), self.opts.tags, self.opts.session_config)
+            servable = Servable(name, vs.version, storage.local_tree(vs.path), self.opts.tags, self.opts.session_config,
+                                 self.opts.model_threads)
             if self.opts.warmup is not None:
                 self.opts.warmup(servable)
         except Exception as e:  # noqa: BLE001 - any failure leaves the previous version serving
@@ -446,7 +475,9 @@ class ModelManager:
             return
         with self._lock:
             vs.servable, vs.state = servable, AVAILABLE
-        log.info("Successfully loaded servable version {name: %s version: %d} in %.2f s", name, vs.version, time.monotonic() - t0)
+        log.info("Successfully loaded servable version {name: %s version: %d} in %.2f s%s", name, vs.version, time.monotonic() - t0,
+                 f", on {servable.intra_op_threads} intra-op thread(s) as its {contract.SESSION_CONFIG_FILE} asks"
+                 if servable.intra_op_threads else "")
         if self.opts.on_load:
             self.opts.on_load(name, vs.path, True)
 

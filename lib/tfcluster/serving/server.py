@@ -27,6 +27,7 @@ import threading
 import time
 from concurrent import futures
 
+from tfcluster import contract
 from tfcluster.errors import UserError, main_guard
 
 log = logging.getLogger("tfcluster.serving")
@@ -74,7 +75,8 @@ def parser() -> argparse.ArgumentParser:
     a("--load_retry_interval_micros", type=int, default=60_000_000, help="wait between load retries (default: 60 s)")
     a("--file_system_poll_wait_seconds", type=int, default=1, help="poll the repository this often; 0 = load once (default: 1)")
     a("--tensorflow_intra_op_parallelism", type=int, default=0,
-      help="TF intra-op threads; 0 = TF decides, or with --enable_batching cores / num_batch_threads")
+      help="TF intra-op threads for every version; 0 = what a version's assets.extra/session_config.pbtxt asks, else "
+           "TF decides, or with --enable_batching cores / num_batch_threads")
     a("--tensorflow_inter_op_parallelism", type=int, default=0, help="TF inter-op threads; 0 = TF decides")
     a("--tensorflow_session_parallelism", type=int, default=0, help="sets both of the above when they are 0")
     a("--ssl_config_file", default="", help="SSLConfig text proto (server_key, server_cert, custom_ca, client_verify)")
@@ -100,6 +102,33 @@ def intra_op_threads_for_batching(num_batch_threads: int, cores: int | None = No
     preset export (2 cores, 2 batch threads) 1 thread each instead of TF's 2 serves 16 clients at 84-93% of
     the in-process batch-16 rate instead of 52-88% (bench/serving.py)."""
     return max(1, (cores or os.cpu_count() or 1) // num_batch_threads)
+
+
+OWN_POOLS_ENV = "TF_OVERRIDE_GLOBAL_THREADPOOL"
+
+
+def own_pools() -> bool:
+    """Whether each TF session in this process owns its intra-op pool: TF's TF_OVERRIDE_GLOBAL_THREADPOOL
+    (read once, when TF makes its first device). Otherwise one pool, sized by the first session, serves all."""
+    return os.environ.get(OWN_POOLS_ENV, "").strip().lower() in ("1", "true")
+
+
+def models_asking_for_threads(cfg) -> list[str]:
+    """Names of the configured models with a version whose assets.extra/session_config.pbtxt names its own
+    intra-op threads. Only then does the server give each session a pool of its own: a beam-search decoder
+    runs fastest on one thread, but a oneDNN convolution (DCGAN) is about 1 ms slower on a session's own
+    pool than on the process's shared one once another session has a pool too (bench/serving.py)."""
+    from tfcluster import storage
+
+    names = []
+    for mc in cfg.model_config_list.config:
+        try:
+            versions = [v for v in storage.listdir(mc.base_path) if v.isdigit()]
+            if any(storage.exists(storage.join(mc.base_path, v, contract.SESSION_CONFIG_FILE)) for v in versions):
+                names.append(mc.name)
+        except Exception:  # noqa: BLE001 - an unreadable base path fails later, with the load's own message
+            continue
+    return names
 
 
 def model_server_config(args):
@@ -206,6 +235,7 @@ class ModelServer:
             max_num_load_retries=args.max_num_load_retries,
             load_retry_interval_s=args.load_retry_interval_micros / 1e6,
             allow_labels_for_unavailable=args.allow_version_labels_for_unavailable_models,
+            model_threads=own_pools() and not (args.tensorflow_intra_op_parallelism or args.tensorflow_session_parallelism),
             on_load=lambda name, path, ok: self.metrics.load_attempts.inc(path, "success" if ok else "fail"),
         )
         self.manager = ModelManager(opts)
@@ -317,6 +347,13 @@ def main(argv: list[str] | None = None) -> int:
             require_file(getattr(args, flag), f"--{flag}")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     _logging()
+    if OWN_POOLS_ENV not in os.environ and not (args.tensorflow_intra_op_parallelism or args.tensorflow_session_parallelism):
+        # TensorFlow reads this once, when it makes its first device: before any model loads
+        asking = models_asking_for_threads(model_server_config(args))
+        if asking:
+            os.environ[OWN_POOLS_ENV] = "1"
+            log.info("Each version's session owns its intra-op pool (%s=1): %s ask for threads of their own in %s",
+                     OWN_POOLS_ENV, ", ".join(asking), contract.SESSION_CONFIG_FILE)
     stop = threading.Event()
     got = []
 

@@ -82,7 +82,7 @@ class Core:
         try:
             if self.batcher is None:
                 return sig.run(inputs)
-            return self.batcher.submit((id(servable), sig.name), where, sig.run, inputs).result()
+            return self.batcher.submit((id(servable), sig.name), where, sig.run, inputs, servable.intra_op_threads).result()
         except tf.errors.OpError as e:  # the graph refused the request: say which model answered
             f = as_failure(e)
             raise Failure(f.code, f"{where}: {f.message}") from None
