@@ -396,5 +396,5 @@ def test_a_version_runs_on_the_threads_its_export_asks_for(tmp_path):
     assert Servable("pg", 1, pg, {"serve"}, server, model_threads=True).intra_op_threads == 0
     with open(os.path.join(nmt, contract.SESSION_CONFIG_FILE), "w") as f:
         f.write("intra_op_parallelism_threads: many\n")
-    with pytest.raises(ValueError, match="session_config.pbtxt: not a ConfigProto"):
+    with pytest.raises(UserError, match="session_config.pbtxt is not a valid tensorflow.ConfigProto text proto"):
         Servable("nmt", 1, nmt, {"serve"}, server, model_threads=True)

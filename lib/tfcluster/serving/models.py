@@ -121,16 +121,13 @@ def model_intra_op_threads(path: str) -> int:
     """The intra-op threads a SavedModel asks for in `assets.extra/session_config.pbtxt` (a ConfigProto
     text proto, written by the workloads' exports); 0 when it has none. A bad file fails the load."""
     import tensorflow as tf
-    from google.protobuf import text_format
+
+    from tfcluster.serving import protos
 
     f = os.path.join(path, contract.SESSION_CONFIG_FILE)
     if not os.path.exists(f):
         return 0
-    try:
-        with open(f) as fh:
-            cfg = text_format.Parse(fh.read(), tf.compat.v1.ConfigProto())
-    except text_format.ParseError as e:
-        raise ValueError(f"{contract.SESSION_CONFIG_FILE}: not a ConfigProto text proto: {e}") from None
+    cfg = protos.parse_text(f, tf.compat.v1.ConfigProto, contract.SESSION_CONFIG_FILE)
     if cfg.intra_op_parallelism_threads < 0:
         raise ValueError(f"{contract.SESSION_CONFIG_FILE}: intra_op_parallelism_threads must be >= 0")
     return cfg.intra_op_parallelism_threads
@@ -155,9 +152,11 @@ class Servable:
         # intra-op threads this version asked for in its assets.extra/session_config.pbtxt (0: none asked)
         self.intra_op_threads = model_intra_op_threads(path) if model_threads else 0
         if self.intra_op_threads:
-            session_config = tf.compat.v1.ConfigProto.FromString(
-                session_config.SerializeToString()) if session_config is not None else tf.compat.v1.ConfigProto()
-            session_config.intra_op_parallelism_threads = self.intra_op_threads
+            own = tf.compat.v1.ConfigProto()
+            if session_config is not None:
+                own.CopyFrom(session_config)
+            own.intra_op_parallelism_threads = self.intra_op_threads
+            session_config = own
         self.meta_graph = read_meta_graph(path, tags)
         register_ops(self.meta_graph, path)
         self.graph = tf.Graph()

@@ -107,6 +107,11 @@ def intra_op_threads_for_batching(num_batch_threads: int, cores: int | None = No
 OWN_POOLS_ENV = "TF_OVERRIDE_GLOBAL_THREADPOOL"
 
 
+def flag_intra_op_threads(args) -> int:
+    """The intra-op threads the command line sets for every version; 0 = none set."""
+    return args.tensorflow_intra_op_parallelism or args.tensorflow_session_parallelism
+
+
 def own_pools() -> bool:
     """Whether each TF session in this process owns its intra-op pool: TF's TF_OVERRIDE_GLOBAL_THREADPOOL
     (read once, when TF makes its first device). Otherwise one pool, sized by the first session, serves all."""
@@ -182,7 +187,7 @@ def _server_credentials(path: str):
 class ModelServer:
     """The running server: model manager, gRPC, REST, pollers. `stop()` drains."""
 
-    def __init__(self, args):
+    def __init__(self, args, cfg=None):
         import grpc
         import tensorflow as tf
 
@@ -194,7 +199,7 @@ class ModelServer:
         from tfcluster.serving.service import Core, add_services
 
         self.args = args
-        cfg = model_server_config(args)
+        cfg = cfg or model_server_config(args)
         batch_opts = None
         if args.enable_batching:
             params = (
@@ -203,7 +208,7 @@ class ModelServer:
                 else protos.BatchingParameters()
             )
             batch_opts = dataclasses.replace(BatchOptions.from_proto(params), run_when_idle=args.batching_run_when_idle)
-        intra = args.tensorflow_intra_op_parallelism or args.tensorflow_session_parallelism
+        intra = flag_intra_op_threads(args)
         inter = args.tensorflow_inter_op_parallelism or args.tensorflow_session_parallelism
         if batch_opts and not intra:
             # batches run side by side on num_batch_threads threads: each gets its share of the cores, as
@@ -235,7 +240,7 @@ class ModelServer:
             max_num_load_retries=args.max_num_load_retries,
             load_retry_interval_s=args.load_retry_interval_micros / 1e6,
             allow_labels_for_unavailable=args.allow_version_labels_for_unavailable_models,
-            model_threads=own_pools() and not (args.tensorflow_intra_op_parallelism or args.tensorflow_session_parallelism),
+            model_threads=own_pools() and not flag_intra_op_threads(args),
             on_load=lambda name, path, ok: self.metrics.load_attempts.inc(path, "success" if ok else "fail"),
         )
         self.manager = ModelManager(opts)
@@ -347,9 +352,11 @@ def main(argv: list[str] | None = None) -> int:
             require_file(getattr(args, flag), f"--{flag}")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     _logging()
-    if OWN_POOLS_ENV not in os.environ and not (args.tensorflow_intra_op_parallelism or args.tensorflow_session_parallelism):
+    cfg = None
+    if OWN_POOLS_ENV not in os.environ and not flag_intra_op_threads(args):
         # TensorFlow reads this once, when it makes its first device: before any model loads
-        asking = models_asking_for_threads(model_server_config(args))
+        cfg = model_server_config(args)
+        asking = models_asking_for_threads(cfg)
         if asking:
             os.environ[OWN_POOLS_ENV] = "1"
             log.info("Each version's session owns its intra-op pool (%s=1): %s ask for threads of their own in %s",
@@ -363,7 +370,7 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    server = ModelServer(args)
+    server = ModelServer(args, cfg)
     server.start()
     while not stop.wait(3600):
         pass
