@@ -1,14 +1,16 @@
 #!/usr/bin/env python3
 """Serving overhead: in-process signature call vs gRPC round trip through `tfcluster serve`.
 
-    python bench/serving.py [--seconds 5] [--nmt_model_dir models/nmt/3] [--dcgan_model_dir models/dcgan/2]
+    python bench/serving.py [--seconds 3] [--rounds 5] [--nmt_model_dir models/nmt/3] [--dcgan_model_dir models/dcgan/2]
                             [--out bench/results/serving.json]
 
 For the pg policy, for nmt (one sentence per request) and, with --dcgan_model_dir, for a DCGAN
-generator (one latent vector per request, images back), in the same run:
-  * in-process: the SavedModel's `serving_default` called directly, p50 latency at batch 1
-    and throughput (rows/s) at batch 16;
-  * gRPC: the local server started as a subprocess with --enable_batching
+generator (one latent vector per request, images back), in the same run, one side at a time, in
+`--rounds` rounds (each figure is its median over the rounds, the overhead and the 16-client ratio
+those of each round's own pair, so one slow window on a shared machine does not decide the figure):
+  * in-process, while no server runs: the SavedModel's `serving_default` called directly, p50 latency
+    at batch 1 and throughput (rows/s) at batch 16;
+  * gRPC, a fresh server each round: the local server started as a subprocess with --enable_batching
     (serving/batching.config), p50 and p99 round-trip latency at 1 client and throughput with 16
     concurrent clients (load-generator processes of their own, one row per request, prebuilt requests),
     with the batches the server ran meanwhile (its processed_batch_size metric: count, mean rows, sizes);
@@ -75,10 +77,10 @@ def throughput(fn, rows_per_call: int, seconds: float, clients: int = 1) -> floa
 PREDICT = "/tensorflow.serving.PredictionService/Predict"
 
 
-def _load(target: str, request: bytes, threads: int, seconds: float, start_at: float, out) -> None:
+def _load(target: str, request: bytes, threads: int, seconds: float, ready, go, out) -> None:
     """A load-generator process: `threads` clients, each sending the serialized PredictRequest in a loop
-    (one channel per process, bytes in and out, so the client's own cost stays small), until `seconds`
-    after the wall-clock `start_at`; puts its latencies (seconds) on `out`."""
+    (one channel per process, bytes in and out, so the client's own cost stays small). Once connected and
+    warmed it says so on `ready`, waits for `go` and runs for `seconds`; puts its latencies (seconds) on `out`."""
     import grpc
 
     channel = grpc.insecure_channel(target, options=[("grpc.max_receive_message_length", 64 << 20)])
@@ -86,10 +88,11 @@ def _load(target: str, request: bytes, threads: int, seconds: float, start_at: f
     for _ in range(10):
         call(request, timeout=60)
     lats: list[list[float]] = [[] for _ in range(threads)]
+    ready.put(True)
+    go.wait()
+    start_at = time.time()
 
     def loop(i):
-        while time.time() < start_at:
-            time.sleep(0.001)
         end = start_at + seconds
         while True:
             t0 = time.perf_counter()
@@ -170,19 +173,32 @@ def batches_between(before: dict, after: dict) -> dict:
             "batches_by_size_le": per_bucket}
 
 
+def merged_batches(rounds: list[dict]) -> dict:
+    """`batches_between` readings of several windows as one."""
+    n = sum(b["batches"] for b in rounds)
+    per_bucket: dict[str, int] = {}
+    for b in rounds:
+        for le, count in b["batches_by_size_le"].items():
+            per_bucket[le] = per_bucket.get(le, 0) + count
+    return {"batches": n, "mean_rows": round(sum(b["mean_rows"] * b["batches"] for b in rounds) / n, 2) if n else 0.0,
+            "batches_by_size_le": dict(sorted(per_bucket.items(), key=lambda kv: float(kv[0])))}
+
+
 def grpc_load(target: str, request: bytes, clients: int, seconds: float, processes: int) -> dict:
     """`clients` concurrent clients spread over `processes` load-generator processes (none of them this
     one): p50/p99 latency (ms) and requests per second over the same `seconds` window."""
     import multiprocessing as mp
 
     ctx = mp.get_context("spawn")
-    out = ctx.Queue()
+    ready, go, out = ctx.Queue(), ctx.Event(), ctx.Queue()
     processes = max(1, min(processes, clients))
-    start_at = time.time() + 8.0  # every process connected and warmed before the window opens
     per = [clients // processes + (i < clients % processes) for i in range(processes)]
-    procs = [ctx.Process(target=_load, args=(target, request, n, seconds, start_at, out)) for n in per]
+    procs = [ctx.Process(target=_load, args=(target, request, n, seconds, ready, go, out)) for n in per]
     for p in procs:
         p.start()
+    for _ in procs:  # every process connected and warmed before the window opens
+        ready.get(timeout=120)
+    go.set()
     lats = [x for _ in procs for x in out.get(timeout=seconds + 120)]
     for p in procs:
         p.join()
@@ -193,7 +209,7 @@ def grpc_load(target: str, request: bytes, clients: int, seconds: float, process
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--seconds", type=float, default=5.0, help="measuring time per figure (default: 5)")
+    p.add_argument("--seconds", type=float, default=3.0, help="measuring time per figure and round (default: 3)")
     p.add_argument("--nmt_model_dir", default=None, help="an exported NMT version folder (<base>/nmt/<version>)")
     p.add_argument("--dcgan_model_dir", default=None, help="an exported DCGAN version folder (<base>/dcgan/<version>)")
     p.add_argument("--batching_parameters_file", default=os.path.join(ROOT, "serving", "batching.config"))
@@ -201,6 +217,8 @@ def main() -> int:
                    help="the nmt request's source sentence")
     p.add_argument("--server_flag", action="append", default=[], metavar="NAME=VALUE",
                    help="another `tfcluster serve` flag, e.g. tensorflow_inter_op_parallelism=1 (repeatable)")
+    p.add_argument("--rounds", type=int, default=5,
+                   help="in-process figures, then a fresh server's, this many times; each figure is the median (default: 5)")
     p.add_argument("--client_processes", type=int, default=2, help="load-generator processes for the 16 clients")
     p.add_argument("--out", default=None, help="also write the JSON here")
     a = p.parse_args()
@@ -234,21 +252,17 @@ def main() -> int:
             os.symlink(os.path.abspath(a.dcgan_model_dir), paths["dcgan"])
             z = tf.saved_model.load(paths["dcgan"]).signatures["serving_default"].structured_input_signature[1]["z"]
             one["dcgan"] = {"z": np.random.default_rng(0).uniform(-1, 1, (1, z.shape[-1])).astype(np.float32)}
-        results, fns = {}, {}
-        for model, path in paths.items():  # in process first, on a quiet server-less machine
+        info, fns = {}, {}
+        for model, path in paths.items():
             fn = tf.saved_model.load(path).signatures["serving_default"]
             x1 = {k: tf.constant(v) for k, v in one[model].items()}
-            fns[model] = fn, x1  # again, alternated with gRPC calls, once the server runs
             x16 = {k: tf.constant(np.repeat(v, 16, axis=0)) for k, v in one[model].items()}
             y1, _ = fn(**x1), fn(**x16)
-            lat, n = p50_ms(lambda: fn(**x1), a.seconds)
-            results[model] = {
-                "in_process_p50_ms_batch1": round(lat, 3),
-                "in_process_rows_per_s_batch16": round(throughput(lambda: fn(**x16), 16, a.seconds), 1),
-            }
+            fns[model] = fn, x1, x16
+            info[model] = {}
             if model == "nmt":  # a long decode and a fixed cost per request tell apart only with the length
-                results[model]["translation"] = y1["translation"].numpy()[0].decode()
-                results[model]["output_tokens"] = len(results[model]["translation"].split())
+                info[model]["translation"] = y1["translation"].numpy()[0].decode()
+                info[model]["output_tokens"] = len(info[model]["translation"].split())
         cfg = os.path.join(tmp, "models.config")
         with open(cfg, "w") as f:
             f.write("model_config_list {\n" + "".join(
@@ -256,29 +270,52 @@ def main() -> int:
         monitoring = os.path.join(tmp, "monitoring.config")
         with open(monitoring, "w") as f:
             f.write(f'prometheus_config {{ enable: true path: "{MONITORING}" }}\n')
-        with LocalServer(model_config_file=cfg, enable_batching=True, batching_parameters_file=a.batching_parameters_file,
-                         monitoring_config_file=monitoring, log_path=os.path.join(tmp, "server.log"),
-                         **dict(f.split("=", 1) for f in a.server_flag)) as srv:
-            srv.wait_until_available(*paths, timeout_s=300)
-            for model in paths:
-                req = predict_pb2.PredictRequest()
-                req.model_spec.name = model
-                for k, v in one[model].items():
-                    req.inputs[k].CopyFrom(tf.make_tensor_proto(v))
-                body = req.SerializeToString()
-                r = results[model]
-                one_client = grpc_load(srv.target, body, 1, a.seconds, 1)
-                before = batch_sizes(srv.rest_url, model)
-                many = grpc_load(srv.target, body, 16, a.seconds, a.client_processes)
-                r["grpc_16_clients_batches"] = batches_between(before, batch_sizes(srv.rest_url, model))
-                r["grpc_p50_ms_1_client"], r["grpc_p99_ms_1_client"] = one_client["p50_ms"], one_client["p99_ms"]
-                r["grpc_p50_overhead_ms"] = round(one_client["p50_ms"] - r["in_process_p50_ms_batch1"], 3)
-                r["grpc_p50_overhead_ms_interleaved"] = interleaved_overhead_ms(*fns[model], srv.target, body, a.seconds)
-                r["grpc_rows_per_s_16_clients"] = many["requests_per_s"]
-                r["grpc_p50_ms_16_clients"], r["grpc_p99_ms_16_clients"] = many["p50_ms"], many["p99_ms"]
-                r["grpc_16_clients_vs_in_process_batch16"] = round(r["grpc_rows_per_s_16_clients"] / r["in_process_rows_per_s_batch16"], 3)
-                r["goal_p50_overhead_le_2ms"] = r["grpc_p50_overhead_ms"] <= 2.0
-                r["goal_16_clients_ge_70pct"] = r["grpc_16_clients_vs_in_process_batch16"] >= 0.7
+        bodies = {}
+        for model in paths:
+            req = predict_pb2.PredictRequest()
+            req.model_spec.name = model
+            for k, v in one[model].items():
+                req.inputs[k].CopyFrom(tf.make_tensor_proto(v))
+            bodies[model] = req.SerializeToString()
+        rounds: dict[str, list[dict]] = {m: [] for m in paths}
+        for r in range(a.rounds):
+            inproc = {}
+            for model, (fn, x1, x16) in fns.items():  # in process, on a quiet machine: no server runs
+                inproc[model] = p50_ms(lambda: fn(**x1), a.seconds)[0], throughput(lambda: fn(**x16), 16, a.seconds)
+            with LocalServer(model_config_file=cfg, enable_batching=True, batching_parameters_file=a.batching_parameters_file,
+                             monitoring_config_file=monitoring, log_path=os.path.join(tmp, f"server-{r}.log"),
+                             **dict(f.split("=", 1) for f in a.server_flag)) as srv:
+                srv.wait_until_available(*paths, timeout_s=300)
+                for model, body in bodies.items():
+                    fn, x1, _ = fns[model]
+                    one_client = grpc_load(srv.target, body, 1, a.seconds, 1)
+                    before = batch_sizes(srv.rest_url, model)
+                    many = grpc_load(srv.target, body, 16, a.seconds, a.client_processes)
+                    batches = batches_between(before, batch_sizes(srv.rest_url, model))
+                    lat, rate = inproc[model]
+                    rounds[model].append({
+                        "in_process_p50_ms_batch1": round(lat, 3),
+                        "in_process_rows_per_s_batch16": round(rate, 1),
+                        "grpc_p50_ms_1_client": one_client["p50_ms"],
+                        "grpc_p99_ms_1_client": one_client["p99_ms"],
+                        "grpc_p50_overhead_ms": round(one_client["p50_ms"] - lat, 3),
+                        "grpc_p50_overhead_ms_interleaved": interleaved_overhead_ms(fn, x1, srv.target, body, a.seconds),
+                        "grpc_rows_per_s_16_clients": many["requests_per_s"],
+                        "grpc_p50_ms_16_clients": many["p50_ms"],
+                        "grpc_p99_ms_16_clients": many["p99_ms"],
+                        "grpc_16_clients_vs_in_process_batch16": round(many["requests_per_s"] / rate, 3),
+                        "grpc_16_clients_batches": batches,
+                    })
+        results = {}
+        for model, rs in rounds.items():
+            # each figure: its median over the rounds (the overhead and the ratio: of each round's own pair)
+            r = {k: round(statistics.median(x[k] for x in rs), 3) for k in rs[0] if k != "grpc_16_clients_batches"}
+            r["grpc_16_clients_batches"] = merged_batches([x["grpc_16_clients_batches"] for x in rs])
+            r["goal_p50_overhead_le_2ms"] = r["grpc_p50_overhead_ms"] <= 2.0
+            r["goal_16_clients_ge_70pct"] = r["grpc_16_clients_vs_in_process_batch16"] >= 0.7
+            r["rounds"] = {k: [x[k] for x in rs] for k in ("in_process_p50_ms_batch1", "grpc_p50_ms_1_client", "grpc_p50_overhead_ms",
+                                                          "grpc_p50_overhead_ms_interleaved", "grpc_16_clients_vs_in_process_batch16")}
+            results[model] = {**info[model], **r}
         report = {
             "bench": "serving",
             "models": {"pg": "tiny linear softmax policy (tfcluster.serving.tiny)",
@@ -286,6 +323,7 @@ def main() -> int:
                        **({"dcgan": a.dcgan_model_dir} if a.dcgan_model_dir else {})},
             "batching_parameters_file": os.path.relpath(a.batching_parameters_file, ROOT),
             "seconds_per_figure": a.seconds,
+            "rounds": a.rounds,
             "server_flags": a.server_flag,
             "load_generator": f"its own processes ({a.client_processes} for 16 clients, threads in each), raw PredictRequest bytes",
             "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "tensorflow": tf.__version__,

@@ -1,8 +1,10 @@
 #!/usr/bin/env python3
-"""Where a served request's time goes: one export, the same sentence, each layer of the local server
-measured on its own (p50 of single requests), so the difference between two rows is that layer's cost.
+"""Where a served request's time goes: one export, the same one-row request (the sentence for a string
+input, a fixed draw for a float one: NMT, DCGAN, a policy), each layer of the local server measured on
+its own (p50 of single requests), so the difference between two rows is that layer's cost.
 
     python bench/serving_profile.py --model_dir runs/models/nmt/1 [--seconds 5] [--out bench/results/serving_profile.json]
+    python bench/serving_profile.py --model_dir runs/models/dcgan/2 --model_name dcgan
 
 Rows, in order (each adds one layer to the one before):
   eager          tf.saved_model.load's signature function (the in-process reference of bench/serving.py)
@@ -10,7 +12,8 @@ Rows, in order (each adds one layer to the one before):
                  TF_SessionRun with the server's default session config
   session_*      the same with other session settings (thread pools), to see what the session's own costs are
                  (not the intra-op pool's size: TF sizes one pool for the process, here from the eager row;
-                 compare servers started with --tensorflow_intra_op_parallelism for that)
+                 compare servers started with --tensorflow_intra_op_parallelism for that); session_as_exported:
+                 with the inter-op setting of the export's session_config.pbtxt (-1: ops on the calling thread)
   core           the server's request path without the network: PredictRequest proto -> numpy -> checks ->
                  session -> typed TensorProto response, metrics (no batching)
   core_batching  the same through the batching queue (serving/batching.config)
@@ -43,10 +46,22 @@ def p50_ms(fn, seconds: float) -> float:
     return serving.p50_ms(fn, seconds)[0]
 
 
+def one_row(fn, sentence: str) -> dict:
+    """A batch-1 request for the signature: the sentence for a string input (nmt), a fixed uniform draw in
+    [-1, 1) of the declared row shape for a float input (a DCGAN latent vector, an observation)."""
+    rng, inputs = np.random.default_rng(0), {}
+    for k, spec in fn.structured_input_signature[1].items():
+        if spec.dtype.name == "string":
+            inputs[k] = np.array([sentence.encode()], dtype=object)
+        else:
+            inputs[k] = rng.uniform(-1, 1, (1, *spec.shape[1:])).astype(spec.dtype.as_numpy_dtype)
+    return inputs
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model_dir", required=True, help="an exported version folder (<base>/<model>/<version>)")
-    ap.add_argument("--model_name", default="nmt")
+    ap.add_argument("--model_name", default="nmt", help="the name it is served under (default: nmt)")
     ap.add_argument("--sentence", default="A man in an orange hat starring at something.")
     ap.add_argument("--seconds", type=float, default=5.0)
     ap.add_argument("--out", default=None)
@@ -65,13 +80,12 @@ def main() -> int:
 
     path = os.path.abspath(a.model_dir)
     register_ops(read_meta_graph(path, {"serve"}), path)
-    inputs = {"source": np.array([a.sentence.encode()], dtype=object)}
-    rows: dict[str, float] = {}
-
     fn = tf.saved_model.load(path).signatures["serving_default"]
+    inputs = one_row(fn, a.sentence)
+    rows: dict[str, float] = {}
     x = {k: tf.constant(v) for k, v in inputs.items()}
     out = fn(**x)
-    translation = out["translation"].numpy()[0].decode()
+    translation = out["translation"].numpy()[0].decode() if "translation" in out else None
     rows["eager"] = p50_ms(lambda: fn(**x), a.seconds)
 
     sessions = {"session": None,
@@ -82,6 +96,12 @@ def main() -> int:
         run = servable.signatures["serving_default"].run
         rows[name] = p50_ms(lambda: run(inputs), a.seconds)
         del servable
+    # the export's own session_config.pbtxt, as the server takes it here (its inter-op -1; the intra-op
+    # threads it may name need a pool per session, which only a server started that way has)
+    servable = Servable(a.model_name, 1, path, {"serve"}, None, model_inter_op=True)
+    run = servable.signatures["serving_default"].run
+    rows["session_as_exported"] = p50_ms(lambda: run(inputs), a.seconds)
+    del servable
 
     with tempfile.TemporaryDirectory(prefix="serving-profile-") as tmp:
         base = os.path.join(tmp, a.model_name)
@@ -113,8 +133,8 @@ def main() -> int:
 
     order = list(rows)
     steps = {f"{b} - {a_}": round(rows[b] - rows[a_], 3) for a_, b in zip(order, order[1:])}
-    emit({"benchmark": "serving_profile", "model_dir": a.model_dir, "sentence": a.sentence, "translation": translation,
-          "output_tokens": len(translation.split()), "p50_ms": {k: round(v, 3) for k, v in rows.items()},
+    text = {"sentence": a.sentence, "translation": translation, "output_tokens": len(translation.split())} if translation else {}
+    emit({"benchmark": "serving_profile", "model_dir": a.model_dir, **text, "p50_ms": {k: round(v, 3) for k, v in rows.items()},
           "differences_ms": steps, "grpc_overhead_over_eager_ms": round(rows["grpc"] - rows["eager"], 3),
           "cpus": os.cpu_count(), "load_avg_1m": round(os.getloadavg()[0], 2)}, a.out)
     return 0

@@ -40,9 +40,11 @@ class ModelSpec:
     inputs: tuple[Tensor, ...]
     outputs: tuple[Tensor, ...]
     signature: str = DEFAULT_SIGNATURE
-    # Intra-op threads for one run of the graph, written into each export as SESSION_CONFIG_FILE;
-    # 0 = the server decides (TF: one per core).
+    # The threads one run of the graph runs best on, written into each export as SESSION_CONFIG_FILE
+    # (its session's intra_op_parallelism_threads and inter_op_parallelism_threads); 0 = the server
+    # decides (TF: one per core). inter_op_threads=-1: every op of a run on the calling thread.
     intra_op_threads: int = 0
+    inter_op_threads: int = 0
 
     def input(self, key: str) -> Tensor:
         return next(t for t in self.inputs if t.key == key)
@@ -69,14 +71,20 @@ NMT = ModelSpec(
     name="nmt",
     inputs=(Tensor("source", "string", (None,)),),
     outputs=(Tensor("translation", "string", (None,)), Tensor("score", "float32", (None,))),
-    # Beam search runs thousands of small ops per sentence: on one thread each runs inline, with no
-    # hand-off to a pool, and the server runs batches side by side on the other cores instead.
+    # Beam search runs thousands of small ops per sentence: on one intra-op thread each runs inline,
+    # with no hand-off to a pool, and on the calling thread (inter-op -1) none waits for a pool thread
+    # to wake; the server runs batches side by side on the other cores instead.
     intra_op_threads=1,
+    inter_op_threads=-1,
 )
 DCGAN = ModelSpec(
     name="dcgan",
     inputs=(Tensor("z", "float32", (None, None)),),
     outputs=(Tensor("images", "uint8", (None, None, None, None)),),
+    # A chain of convolutions, one op after another: run on the request's own thread, each op's work
+    # still spread over the cores, instead of handed to an inter-op thread that has gone to sleep
+    # between requests and back (about 0.8 ms a request through `tfcluster serve`, bench/serving.py).
+    inter_op_threads=-1,
 )
 DQN = ModelSpec(
     name="dqn",

@@ -87,14 +87,18 @@ def write_warmup(saved_model_dir: str, spec: contract.ModelSpec, requests: list[
     return path
 
 
-def write_session_config(saved_model_dir: str, intra_op_threads: int) -> str:
-    """Write `assets.extra/session_config.pbtxt`: the intra-op threads `tfcluster serve` gives this model."""
+def write_session_config(saved_model_dir: str, spec: contract.ModelSpec) -> str:
+    """Write `assets.extra/session_config.pbtxt`, a ConfigProto text proto: the intra-op and inter-op threads
+    `tfcluster serve` runs this model's session with (`ModelSpec.intra_op_threads`, `.inter_op_threads`)."""
     import tensorflow as tf
+    from google.protobuf import text_format
 
+    cfg = tf.compat.v1.ConfigProto(intra_op_parallelism_threads=spec.intra_op_threads,
+                                   inter_op_parallelism_threads=spec.inter_op_threads)
     path = os.path.join(saved_model_dir, contract.SESSION_CONFIG_FILE)
     tf.io.gfile.makedirs(os.path.dirname(path))
     with tf.io.gfile.GFile(path, "w") as f:
-        f.write(f"intra_op_parallelism_threads: {intra_op_threads}\n")
+        f.write(text_format.MessageToString(cfg))
     return path
 
 
@@ -152,8 +156,8 @@ def save_version(
         tf.saved_model.save(module, tmp, signatures=signatures)
         if warmup:
             write_warmup(tmp, spec, warmup)
-        if spec.intra_op_threads:
-            write_session_config(tmp, spec.intra_op_threads)
+        if spec.intra_op_threads or spec.inter_op_threads:
+            write_session_config(tmp, spec)
         if remote:
             storage.upload_tree(tmp, final)  # saved_model.pb last
         else:

@@ -374,8 +374,9 @@ def test_grpc_health(server):
 
 
 def test_versions_run_on_the_threads_their_exports_ask_for(server, repo):
-    """The tiny NMT export asks for one intra-op thread (contract.NMT): at start-up the server gave each
-    session a pool of its own, loaded that version on one thread, and the other models on the server's."""
+    """The tiny NMT export asks for one intra-op thread (contract.NMT), NMT and DCGAN for their ops on the calling
+    thread: at start-up the server gave each session a pool of its own (for NMT's sake only), loaded the NMT
+    version on one thread, NMT and DCGAN inline, and the others on the server's threads."""
     from tfcluster.serving.server import model_server_config, models_asking_for_threads, parser
 
     assert models_asking_for_threads(model_server_config(parser().parse_args(["--model_config_file", repo["config"]]))) == ["nmt"]
@@ -384,6 +385,8 @@ def test_versions_run_on_the_threads_their_exports_ask_for(server, repo):
     assert "owns its intra-op pool (TF_OVERRIDE_GLOBAL_THREADPOOL=1): nmt ask" in log
     loaded = [ln for ln in log.splitlines() if "Successfully loaded servable version" in ln]
     assert [ln for ln in loaded if "intra-op thread" in ln] == [ln for ln in loaded if "{name: nmt " in ln] != []
+    inline = [ln for ln in loaded if "{name: dcgan " in ln or "{name: nmt " in ln]
+    assert [ln for ln in loaded if "on the calling thread" in ln] == inline and len(inline) >= 2
 
 
 def test_batching_merges_concurrent_requests(stub):

@@ -242,6 +242,42 @@ def test_typed_value_fields_round_trip():
     assert list(to_typed_proto(np.array([[3.0]], np.float32)).float_val) == [3.0]
 
 
+def test_packed_typed_fields_are_the_element_by_element_encoding():
+    """Typed values are merged in as one packed field made by numpy: the same message, to the byte, as
+    appending the values one by one, for every numeric dtype (NaN, -0.0, integer extremes, negative
+    ints as 10-byte varints, big-endian and strided arrays, empty tensors)."""
+    import tensorflow as tf
+    from tensorflow.core.framework import tensor_pb2
+
+    from tfcluster.serving.tensors import _TYPED_FIELD, to_typed_proto
+
+    rng = np.random.default_rng(0)
+    f = rng.standard_normal((4, 48, 48, 3)).astype(np.float32)
+    f.flat[:4] = [np.nan, -0.0, np.inf, -np.inf]
+    ints = [np.iinfo(t) for t in (np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint16, np.uint32, np.uint64)]
+    cases = [f, f[:, ::2, 1:, :], f.astype(">f4"), f.astype(np.float64), f.astype(np.float16),
+             f.astype(tf.bfloat16.as_numpy_dtype), np.array([1 + 2j, -3.5j], np.complex64),
+             np.array([[1e300 - 1j]], np.complex128), rng.random((3, 5)) > 0.5, np.zeros((2, 0), np.float32),
+             np.zeros((0,), np.int32), rng.integers(0, 256, (2, 48, 48, 3)).astype(np.uint8),
+             np.arange(-300, 300, 7, dtype=np.int32).reshape(2, -1)[:, ::3].astype(">i4")]
+    cases += [np.array([v for v in (i.min, -1, 0, 1, 127, 128, 16383, 16384, i.max) if i.min <= v <= i.max], i.dtype) for i in ints]
+    for a in cases:
+        dtype = tf.as_dtype(a.dtype)
+        ref = tensor_pb2.TensorProto(dtype=dtype.as_datatype_enum, tensor_shape=tf.TensorShape(a.shape).as_proto())
+        flat = a.ravel()
+        if a.dtype.kind == "c":
+            flat = np.stack([flat.real, flat.imag], axis=-1).ravel()
+        elif a.dtype.itemsize == 2 and a.dtype.kind not in "iu":  # float16, bfloat16: their bits
+            flat = flat.view(np.uint16)
+        getattr(ref, _TYPED_FIELD[dtype.name]).extend(flat.tolist())
+        got = to_typed_proto(a)
+        assert got.SerializeToString() == ref.SerializeToString(), a.dtype
+        back, native = tf.make_ndarray(got), np.ascontiguousarray(a, a.dtype.newbyteorder("="))
+        assert back.dtype == native.dtype and back.shape == a.shape and back.tobytes() == native.tobytes(), a.dtype
+    into = tensor_pb2.TensorProto()
+    assert to_typed_proto(f, into=into) is into and len(into.float_val) == f.size
+
+
 def test_run_when_idle_runs_a_lone_request_at_once_and_gathers_under_load():
     """With run_when_idle a request on an idle batcher does not wait out batch_timeout_micros;
     requests that arrive while a batch runs wait for it and run together."""
@@ -370,31 +406,47 @@ def test_a_model_on_threads_of_its_own_runs_batches_side_by_side():
 
 
 def test_a_version_runs_on_the_threads_its_export_asks_for(tmp_path):
-    """The NMT contract's export writes assets.extra/session_config.pbtxt (one intra-op thread); a server
-    that honours it gives that version's session one thread, keeping its other settings; explicit server
-    flags (model_threads False) win; a broken file fails the load with the file's name."""
+    """The contracts' exports write assets.extra/session_config.pbtxt: NMT one intra-op thread, NMT and DCGAN
+    their ops on the calling thread (inter-op -1). A server that honours the file gives that version's session those
+    settings, keeping its other ones; explicit server flags (model_intra_op / model_inter_op False) win; a
+    positive inter-op setting, which a session cannot take for itself, is not taken; a broken file fails the
+    load with the file's name."""
     import os
 
     import tensorflow as tf
 
     from tfcluster.serving import tiny
-    from tfcluster.serving.models import Servable, model_intra_op_threads
+    from tfcluster.serving.models import Servable, model_threads
 
     nmt = tiny.export(tiny.nmt_echo(), str(tmp_path), contract.NMT)
     pg = tiny.export(tiny.pg_policy(0), str(tmp_path), contract.PG)
-    assert model_intra_op_threads(nmt) == 1 and model_intra_op_threads(pg) == 0
+    dcgan = tiny.export(tiny.dcgan_ramp(z_dim=8, size=4), str(tmp_path), contract.DCGAN)
+    assert (model_threads(nmt), model_threads(pg), model_threads(dcgan)) == ((1, -1), (0, 0), (0, -1))
     server = tf.compat.v1.ConfigProto(intra_op_parallelism_threads=2, inter_op_parallelism_threads=3)
-    own = Servable("nmt", 1, nmt, {"serve"}, server, model_threads=True)
-    assert own.intra_op_threads == 1
-    assert (own.session._config.intra_op_parallelism_threads, own.session._config.inter_op_parallelism_threads) == (1, 3)
+
+    def config(s):
+        return s.session._config.intra_op_parallelism_threads, s.session._config.inter_op_parallelism_threads
+
+    own = Servable("nmt", 1, nmt, {"serve"}, server, model_intra_op=True, model_inter_op=True)
+    assert (own.intra_op_threads, own.inter_op_threads, config(own)) == (1, -1, (1, -1))
     assert server.intra_op_parallelism_threads == 2  # the server's config is not changed
     out = own.signatures["serving_default"].run({"source": np.array([b"a b c"])})
     assert out["translation"].tolist() == tf.saved_model.load(nmt).signatures["serving_default"](
         source=tf.constant([b"a b c"]))["translation"].numpy().tolist()
-    flagged = Servable("nmt", 1, nmt, {"serve"}, server, model_threads=False)
-    assert flagged.intra_op_threads == 0 and flagged.session._config.intra_op_parallelism_threads == 2
-    assert Servable("pg", 1, pg, {"serve"}, server, model_threads=True).intra_op_threads == 0
+    inline = Servable("dcgan", 1, dcgan, {"serve"}, server, model_intra_op=True, model_inter_op=True)
+    assert (inline.intra_op_threads, inline.inter_op_threads, config(inline)) == (0, -1, (2, -1))
+    z = np.linspace(-1, 1, 16, dtype=np.float32).reshape(2, 8)
+    np.testing.assert_array_equal(inline.signatures["serving_default"].run({"z": z})["images"],
+                                  tf.saved_model.load(dcgan).signatures["serving_default"](z=tf.constant(z))["images"].numpy())
+    for flagged in (Servable("nmt", 1, nmt, {"serve"}, server), Servable("dcgan", 1, dcgan, {"serve"}, server, model_intra_op=True)):
+        assert (flagged.intra_op_threads, flagged.inter_op_threads, config(flagged)) == (0, 0, (2, 3))
+    assert Servable("pg", 1, pg, {"serve"}, server, model_intra_op=True, model_inter_op=True).intra_op_threads == 0
+    os.makedirs(os.path.dirname(os.path.join(pg, contract.SESSION_CONFIG_FILE)), exist_ok=True)
+    with open(os.path.join(pg, contract.SESSION_CONFIG_FILE), "w") as f:
+        f.write("inter_op_parallelism_threads: 4\n")
+    assert config(Servable("pg", 1, pg, {"serve"}, server, model_intra_op=True, model_inter_op=True)) == (2, 3)
     with open(os.path.join(nmt, contract.SESSION_CONFIG_FILE), "w") as f:
         f.write("intra_op_parallelism_threads: many\n")
     with pytest.raises(UserError, match="session_config.pbtxt is not a valid tensorflow.ConfigProto text proto"):
-        Servable("nmt", 1, nmt, {"serve"}, server, model_threads=True)
+        Servable("nmt", 1, nmt, {"serve"}, server, model_intra_op=True)
+

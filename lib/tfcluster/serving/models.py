@@ -117,20 +117,22 @@ def is_internal(signature_key: str) -> bool:
     return signature_key.startswith("__saved_model")
 
 
-def model_intra_op_threads(path: str) -> int:
-    """The intra-op threads a SavedModel asks for in `assets.extra/session_config.pbtxt` (a ConfigProto
-    text proto, written by the workloads' exports); 0 when it has none. A bad file fails the load."""
+def model_threads(path: str) -> tuple[int, int]:
+    """(intra-op, inter-op) threads a SavedModel (a local folder or a bucket URI) asks for in
+    `assets.extra/session_config.pbtxt` (a ConfigProto text proto, written by the workloads' exports);
+    (0, 0) when it has none. Inter-op -1: every op on the calling thread. A bad file fails the load."""
     import tensorflow as tf
 
+    from tfcluster import storage
     from tfcluster.serving import protos
 
-    f = os.path.join(path, contract.SESSION_CONFIG_FILE)
-    if not os.path.exists(f):
-        return 0
+    f = storage.join(path, contract.SESSION_CONFIG_FILE)
+    if not storage.exists(f):
+        return 0, 0
     cfg = protos.parse_text(f, tf.compat.v1.ConfigProto, contract.SESSION_CONFIG_FILE)
     if cfg.intra_op_parallelism_threads < 0:
         raise ValueError(f"{contract.SESSION_CONFIG_FILE}: intra_op_parallelism_threads must be >= 0")
-    return cfg.intra_op_parallelism_threads
+    return cfg.intra_op_parallelism_threads, cfg.inter_op_parallelism_threads
 
 
 class Servable:
@@ -145,17 +147,24 @@ class Servable:
     its checkpoint does not restore fails here as it would in TF Serving.
     """
 
-    def __init__(self, name: str, version: int, path: str, tags: set[str], session_config=None, model_threads: bool = False):
+    def __init__(self, name: str, version: int, path: str, tags: set[str], session_config=None,
+                 model_intra_op: bool = False, model_inter_op: bool = False):
         import tensorflow as tf
 
         self.name, self.version, self.path = name, version, path
-        # intra-op threads this version asked for in its assets.extra/session_config.pbtxt (0: none asked)
-        self.intra_op_threads = model_intra_op_threads(path) if model_threads else 0
-        if self.intra_op_threads:
+        # the threads this version asked for in its assets.extra/session_config.pbtxt, where the server takes
+        # them (model_intra_op, model_inter_op); 0: none asked, or the server's setting rules. Of inter-op
+        # settings a session takes only -1 for itself (its runs on the calling thread): a positive one sizes
+        # the process's one pool, in the first session only, so it is not taken from a model.
+        intra, inter = model_threads(path) if model_intra_op or model_inter_op else (0, 0)
+        self.intra_op_threads = intra if model_intra_op else 0
+        self.inter_op_threads = inter if model_inter_op and inter < 0 else 0
+        if self.intra_op_threads or self.inter_op_threads:
             own = tf.compat.v1.ConfigProto()
             if session_config is not None:
                 own.CopyFrom(session_config)
-            own.intra_op_parallelism_threads = self.intra_op_threads
+            own.intra_op_parallelism_threads = self.intra_op_threads or own.intra_op_parallelism_threads
+            own.inter_op_parallelism_threads = self.inter_op_threads or own.inter_op_parallelism_threads
             session_config = own
         self.meta_graph = read_meta_graph(path, tags)
         register_ops(self.meta_graph, path)
@@ -288,7 +297,9 @@ class Options:
     session_config: object = None  # tf.compat.v1.ConfigProto for each version's session (thread pools)
     # a version's assets.extra/session_config.pbtxt sets its session's intra-op threads (each session owns
     # its pool only where TF_OVERRIDE_GLOBAL_THREADPOOL=1 was set before TensorFlow started: `tfcluster serve`)
-    model_threads: bool = False
+    model_intra_op: bool = False
+    # ... and its inter-op threads (-1: its runs on the calling thread), unless the server's flags set them
+    model_inter_op: bool = False
 
 
 class ModelManager:
@@ -457,7 +468,7 @@ class ModelManager:
         try:
             # A version in a bucket is loaded from its node-cache copy (TensorFlow reads no s3://).
             servable = Servable(name, vs.version, storage.local_tree(vs.path), self.opts.tags, self.opts.session_config,
-                                 self.opts.model_threads)
+                                 self.opts.model_intra_op, self.opts.model_inter_op)
             if self.opts.warmup is not None:
                 self.opts.warmup(servable)
         except Exception as e:  # noqa: BLE001 - any failure leaves the previous version serving
@@ -474,9 +485,11 @@ class ModelManager:
             return
         with self._lock:
             vs.servable, vs.state = servable, AVAILABLE
+        asked = [f"{servable.intra_op_threads} intra-op thread(s)"] if servable.intra_op_threads else []
+        if servable.inter_op_threads:
+            asked.append("its ops on the calling thread")
         log.info("Successfully loaded servable version {name: %s version: %d} in %.2f s%s", name, vs.version, time.monotonic() - t0,
-                 f", on {servable.intra_op_threads} intra-op thread(s) as its {contract.SESSION_CONFIG_FILE} asks"
-                 if servable.intra_op_threads else "")
+                 f", with {' and '.join(asked)} as its {contract.SESSION_CONFIG_FILE} asks" if asked else "")
         if self.opts.on_load:
             self.opts.on_load(name, vs.path, True)
 

@@ -123,15 +123,13 @@ HEALTH_SERVICE = "grpc.health.v1.Health"
 
 
 def parse_text(path: str, message_cls, what: str):
-    """Parse a text-format proto file; a one-line UserError naming the file and the problem."""
-    import tensorflow as tf
-
+    """Parse a text-format proto file (a local path or a bucket URI); a one-line UserError naming the file
+    and the problem."""
     from tfcluster.errors import UserError
-    from tfcluster.storage import require_file
+    from tfcluster.storage import read_bytes, require_file
 
     require_file(path, what)
-    with tf.io.gfile.GFile(path) as f:
-        text = f.read()
+    text = read_bytes(path).decode("utf-8", errors="replace")
     try:
         return text_format.Parse(text, message_cls())
     except text_format.ParseError as e:

@@ -112,6 +112,11 @@ def flag_intra_op_threads(args) -> int:
     return args.tensorflow_intra_op_parallelism or args.tensorflow_session_parallelism
 
 
+def flag_inter_op_threads(args) -> int:
+    """The inter-op threads the command line sets for every version; 0 = none set."""
+    return args.tensorflow_inter_op_parallelism or args.tensorflow_session_parallelism
+
+
 def own_pools() -> bool:
     """Whether each TF session in this process owns its intra-op pool: TF's TF_OVERRIDE_GLOBAL_THREADPOOL
     (read once, when TF makes its first device). Otherwise one pool, sized by the first session, serves all."""
@@ -120,18 +125,18 @@ def own_pools() -> bool:
 
 def models_asking_for_threads(cfg) -> list[str]:
     """Names of the configured models with a version whose assets.extra/session_config.pbtxt names its own
-    intra-op threads. Only then does the server give each session a pool of its own: a beam-search decoder
-    runs fastest on one thread, but a oneDNN convolution (DCGAN) is about 1 ms slower on a session's own
-    pool than on the process's shared one once another session has a pool too (bench/serving.py)."""
+    intra-op threads (a beam-search decoder runs fastest on one). Only then does the server give each
+    session a pool of its own: TF takes that switch once, for the whole process."""
     from tfcluster import storage
+    from tfcluster.serving.models import model_threads
 
     names = []
     for mc in cfg.model_config_list.config:
         try:
             versions = [v for v in storage.listdir(mc.base_path) if v.isdigit()]
-            if any(storage.exists(storage.join(mc.base_path, v, contract.SESSION_CONFIG_FILE)) for v in versions):
+            if any(model_threads(storage.join(mc.base_path, v))[0] for v in versions):
                 names.append(mc.name)
-        except Exception:  # noqa: BLE001 - an unreadable base path fails later, with the load's own message
+        except Exception:  # noqa: BLE001 - an unreadable base path or file fails later, with the load's own message
             continue
     return names
 
@@ -209,7 +214,7 @@ class ModelServer:
             )
             batch_opts = dataclasses.replace(BatchOptions.from_proto(params), run_when_idle=args.batching_run_when_idle)
         intra = flag_intra_op_threads(args)
-        inter = args.tensorflow_inter_op_parallelism or args.tensorflow_session_parallelism
+        inter = flag_inter_op_threads(args)
         if batch_opts and not intra:
             # batches run side by side on num_batch_threads threads: each gets its share of the cores, as
             # TF's thread pools would otherwise put cores x num_batch_threads threads on the cores
@@ -240,7 +245,8 @@ class ModelServer:
             max_num_load_retries=args.max_num_load_retries,
             load_retry_interval_s=args.load_retry_interval_micros / 1e6,
             allow_labels_for_unavailable=args.allow_version_labels_for_unavailable_models,
-            model_threads=own_pools() and not flag_intra_op_threads(args),
+            model_intra_op=own_pools() and not flag_intra_op_threads(args),
+            model_inter_op=not flag_inter_op_threads(args),
             on_load=lambda name, path, ok: self.metrics.load_attempts.inc(path, "success" if ok else "fail"),
         )
         self.manager = ModelManager(opts)

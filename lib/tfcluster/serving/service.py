@@ -125,7 +125,7 @@ class Core:
             resp = predict_pb2.PredictResponse()
             fill_spec(resp.model_spec, servable, sig.name)
             for k, v in out.items():
-                resp.outputs[k].CopyFrom(to_typed_proto(v))
+                to_typed_proto(v, into=resp.outputs[k])
             return resp
 
         return self.timed(request.model_spec.name, "predict", entrypoint, go)

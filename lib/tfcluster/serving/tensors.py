@@ -99,27 +99,72 @@ _TYPED_FIELD = {
 }
 
 
-def to_typed_proto(array: Any):
-    """numpy array -> TensorProto with the typed value fields (`float_val`, `int64_val`, `string_val`, ...),
-    not `tensor_content`: what TF Serving puts in responses, and what its clients read directly."""
+# TensorProto's field number for each typed field. Numeric repeated fields are packed on the wire, so a
+# response's values are merged in as one length-delimited field, its bytes made by numpy, instead of
+# element by element through Python ints and floats: for a 48x48x3 uint8 image that was 0.25 ms of the
+# GIL per response, a third of the server's Python time under 16 clients (bench/serving.py, DCGAN).
+_FIELD_NUMBER = {"float_val": 5, "double_val": 6, "int_val": 7, "scomplex_val": 9, "int64_val": 10, "bool_val": 11,
+                 "dcomplex_val": 12, "half_val": 13, "uint32_val": 16, "uint64_val": 17}
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        out.append((n & 0x7F) | (0x80 if n > 0x7F else 0))
+        n >>= 7
+        if not n:
+            return bytes(out)
+
+
+def _varints(values: np.ndarray) -> bytes:
+    """Protobuf varints of integers, one after another (a packed field's payload), all as wide as the
+    largest: a parser takes a varint with padding groups (0x80 ... 0x00) as its value, and the message
+    it fills is written back in the shortest form. Negative ints are their 64-bit two's complement, as
+    protobuf writes int32 and int64."""
+    v = values.astype(np.int64, copy=False).view(np.uint64) if values.dtype.kind == "i" else values
+    if not v.size:
+        return b""
+    width = max(1, (int(v.max()).bit_length() + 6) // 7)  # 7-bit groups of the largest value
+    out = np.empty((v.size, width), np.uint8)
+    for k in range(width):  # low group first
+        out[:, k] = v >> (7 * k) & 0x7F
+    out[:, :-1] |= 0x80  # more to come
+    return out.tobytes()
+
+
+def _packed(field: str, flat: np.ndarray) -> bytes:
+    """The wire bytes of `field`'s packed values for a flat array of its dtype."""
+    if field in ("float_val", "scomplex_val"):
+        return flat.view(np.float32 if flat.dtype.kind == "c" else flat.dtype).astype("<f4", copy=False).tobytes()
+    if field in ("double_val", "dcomplex_val"):
+        return flat.view(np.float64 if flat.dtype.kind == "c" else flat.dtype).astype("<f8", copy=False).tobytes()
+    if field == "half_val":  # the halves' bits, as int32 values
+        return _varints(flat.view(np.uint16))
+    if field == "bool_val":
+        return flat.astype(np.uint8).tobytes()
+    return _varints(flat)
+
+
+def to_typed_proto(array: Any, into=None):
+    """numpy array -> TensorProto with the typed value fields (`float_val`, `int_val`, `string_val`, ...),
+    not `tensor_content`: what TF Serving puts in responses, and what its clients read directly.
+    `into`: an empty TensorProto to fill (a response's output map entry) instead of a new one."""
     import tensorflow as tf
 
-    a = np.asarray(array)
-    if a.dtype.kind in "OSU":
-        return to_proto(a)  # strings are always string_val
-    dtype = tf.as_dtype(a.dtype)
-    field = _TYPED_FIELD.get(dtype.name)
-    if field is None:
-        return tf.make_tensor_proto(a)
     from tensorflow.core.framework import tensor_pb2
 
-    proto = tensor_pb2.TensorProto(dtype=dtype.as_datatype_enum, tensor_shape=tf.TensorShape(a.shape).as_proto())
-    flat = a.ravel()
-    if field == "half_val":
-        flat = flat.view(np.uint16)
-    elif field in ("scomplex_val", "dcomplex_val"):
-        flat = np.stack([flat.real, flat.imag], axis=-1).ravel()
-    getattr(proto, field).extend(flat.tolist())
+    proto = tensor_pb2.TensorProto() if into is None else into
+    a = np.asarray(array)
+    dtype = None if a.dtype.kind in "OSU" else tf.as_dtype(a.dtype)
+    field = _TYPED_FIELD.get(dtype.name) if dtype is not None else None
+    if field is None:  # strings (always string_val) and dtypes without a typed field
+        proto.CopyFrom(to_proto(a) if dtype is None else tf.make_tensor_proto(a))
+        return proto
+    proto.dtype = dtype.as_datatype_enum
+    proto.tensor_shape.CopyFrom(tf.TensorShape(a.shape).as_proto())
+    data = _packed(field, np.ascontiguousarray(a).ravel())
+    if data:
+        proto.MergeFromString(_varint(_FIELD_NUMBER[field] << 3 | 2) + _varint(len(data)) + data)
     return proto
 
 
