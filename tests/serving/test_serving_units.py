@@ -257,7 +257,8 @@ def test_packed_typed_fields_are_the_element_by_element_encoding():
     ints = [np.iinfo(t) for t in (np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint16, np.uint32, np.uint64)]
     cases = [f, f[:, ::2, 1:, :], f.astype(">f4"), f.astype(np.float64), f.astype(np.float16),
              f.astype(tf.bfloat16.as_numpy_dtype), np.array([1 + 2j, -3.5j], np.complex64),
-             np.array([[1e300 - 1j]], np.complex128), rng.random((3, 5)) > 0.5, np.zeros((2, 0), np.float32),
+             np.array([[1e300 - 1j]], np.complex128), np.array([1 + 2j, -3.5j], ">c8"), f.astype(">f2"),
+             rng.random((3, 5)) > 0.5, np.zeros((2, 0), np.float32),
              np.zeros((0,), np.int32), rng.integers(0, 256, (2, 48, 48, 3)).astype(np.uint8),
              np.arange(-300, 300, 7, dtype=np.int32).reshape(2, -1)[:, ::3].astype(">i4")]
     cases += [np.array([v for v in (i.min, -1, 0, 1, 127, 128, 16383, 16384, i.max) if i.min <= v <= i.max], i.dtype) for i in ints]
@@ -267,8 +268,8 @@ def test_packed_typed_fields_are_the_element_by_element_encoding():
         flat = a.ravel()
         if a.dtype.kind == "c":
             flat = np.stack([flat.real, flat.imag], axis=-1).ravel()
-        elif a.dtype.itemsize == 2 and a.dtype.kind not in "iu":  # float16, bfloat16: their bits
-            flat = flat.view(np.uint16)
+        elif a.dtype.itemsize == 2 and a.dtype.kind not in "iu":  # float16, bfloat16: their (native) bits
+            flat = flat.astype(flat.dtype.newbyteorder("=")).view(np.uint16)
         getattr(ref, _TYPED_FIELD[dtype.name]).extend(flat.tolist())
         got = to_typed_proto(a)
         assert got.SerializeToString() == ref.SerializeToString(), a.dtype

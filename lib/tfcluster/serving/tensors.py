@@ -133,11 +133,13 @@ def _varints(values: np.ndarray) -> bytes:
 
 
 def _packed(field: str, flat: np.ndarray) -> bytes:
-    """The wire bytes of `field`'s packed values for a flat array of its dtype."""
+    """The wire bytes of `field`'s packed values for a flat, native-byte-order array of its dtype."""
+    if flat.dtype.kind == "c":  # real, imaginary, real, ...
+        flat = flat.view(flat.real.dtype)
     if field in ("float_val", "scomplex_val"):
-        return flat.view(np.float32 if flat.dtype.kind == "c" else flat.dtype).astype("<f4", copy=False).tobytes()
+        return flat.astype("<f4", copy=False).tobytes()
     if field in ("double_val", "dcomplex_val"):
-        return flat.view(np.float64 if flat.dtype.kind == "c" else flat.dtype).astype("<f8", copy=False).tobytes()
+        return flat.astype("<f8", copy=False).tobytes()
     if field == "half_val":  # the halves' bits, as int32 values
         return _varints(flat.view(np.uint16))
     if field == "bool_val":
@@ -162,7 +164,7 @@ def to_typed_proto(array: Any, into=None):
         return proto
     proto.dtype = dtype.as_datatype_enum
     proto.tensor_shape.CopyFrom(tf.TensorShape(a.shape).as_proto())
-    data = _packed(field, np.ascontiguousarray(a).ravel())
+    data = _packed(field, np.ascontiguousarray(a, a.dtype.newbyteorder("=")).ravel())
     if data:
         proto.MergeFromString(_varint(_FIELD_NUMBER[field] << 3 | 2) + _varint(len(data)) + data)
     return proto
