@@ -173,6 +173,18 @@ def batches_between(before: dict, after: dict) -> dict:
             "batches_by_size_le": per_bucket}
 
 
+def one_row(fn, sentence: str) -> dict:
+    """A batch-1 request for the signature: the sentence for a string input (nmt), a fixed uniform draw in
+    [-1, 1) of the declared row shape for a float input (a DCGAN latent vector, an observation)."""
+    rng, inputs = np.random.default_rng(0), {}
+    for k, spec in fn.structured_input_signature[1].items():
+        if spec.dtype.name == "string":
+            inputs[k] = np.array([sentence.encode()], dtype=object)
+        else:
+            inputs[k] = rng.uniform(-1, 1, (1, *spec.shape[1:])).astype(spec.dtype.as_numpy_dtype)
+    return inputs
+
+
 def merged_batches(rounds: list[dict]) -> dict:
     """`batches_between` readings of several windows as one."""
     n = sum(b["batches"] for b in rounds)
@@ -242,19 +254,16 @@ def main() -> int:
             register_ops(read_meta_graph(paths["nmt"], {"serve"}), paths["nmt"])  # tensorflow-text's ops, if it uses them
         else:
             paths["nmt"] = tiny.export(tiny.nmt_echo(), base, contract.NMT)
-        one = {
-            "pg": {"observation": np.array([[0.01, -0.02, 0.03, 0.04]], np.float32)},
-            "nmt": {"source": np.array([a.sentence.encode()], dtype=object)},
-        }
         if a.dcgan_model_dir:
             os.makedirs(os.path.join(base, "dcgan"))
             paths["dcgan"] = os.path.join(base, "dcgan", "1")
             os.symlink(os.path.abspath(a.dcgan_model_dir), paths["dcgan"])
-            z = tf.saved_model.load(paths["dcgan"]).signatures["serving_default"].structured_input_signature[1]["z"]
-            one["dcgan"] = {"z": np.random.default_rng(0).uniform(-1, 1, (1, z.shape[-1])).astype(np.float32)}
+        one = {"pg": {"observation": np.array([[0.01, -0.02, 0.03, 0.04]], np.float32)}}  # the others: one_row
         info, fns = {}, {}
         for model, path in paths.items():
             fn = tf.saved_model.load(path).signatures["serving_default"]
+            if model not in one:
+                one[model] = one_row(fn, a.sentence)
             x1 = {k: tf.constant(v) for k, v in one[model].items()}
             x16 = {k: tf.constant(np.repeat(v, 16, axis=0)) for k, v in one[model].items()}
             y1, _ = fn(**x1), fn(**x16)
@@ -278,12 +287,12 @@ def main() -> int:
                 req.inputs[k].CopyFrom(tf.make_tensor_proto(v))
             bodies[model] = req.SerializeToString()
         rounds: dict[str, list[dict]] = {m: [] for m in paths}
-        for r in range(a.rounds):
+        for i in range(a.rounds):
             inproc = {}
             for model, (fn, x1, x16) in fns.items():  # in process, on a quiet machine: no server runs
                 inproc[model] = p50_ms(lambda: fn(**x1), a.seconds)[0], throughput(lambda: fn(**x16), 16, a.seconds)
             with LocalServer(model_config_file=cfg, enable_batching=True, batching_parameters_file=a.batching_parameters_file,
-                             monitoring_config_file=monitoring, log_path=os.path.join(tmp, f"server-{r}.log"),
+                             monitoring_config_file=monitoring, log_path=os.path.join(tmp, f"server-{i}.log"),
                              **dict(f.split("=", 1) for f in a.server_flag)) as srv:
                 srv.wait_until_available(*paths, timeout_s=300)
                 for model, body in bodies.items():

@@ -46,18 +46,6 @@ def p50_ms(fn, seconds: float) -> float:
     return serving.p50_ms(fn, seconds)[0]
 
 
-def one_row(fn, sentence: str) -> dict:
-    """A batch-1 request for the signature: the sentence for a string input (nmt), a fixed uniform draw in
-    [-1, 1) of the declared row shape for a float input (a DCGAN latent vector, an observation)."""
-    rng, inputs = np.random.default_rng(0), {}
-    for k, spec in fn.structured_input_signature[1].items():
-        if spec.dtype.name == "string":
-            inputs[k] = np.array([sentence.encode()], dtype=object)
-        else:
-            inputs[k] = rng.uniform(-1, 1, (1, *spec.shape[1:])).astype(spec.dtype.as_numpy_dtype)
-    return inputs
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model_dir", required=True, help="an exported version folder (<base>/<model>/<version>)")
@@ -81,27 +69,25 @@ def main() -> int:
     path = os.path.abspath(a.model_dir)
     register_ops(read_meta_graph(path, {"serve"}), path)
     fn = tf.saved_model.load(path).signatures["serving_default"]
-    inputs = one_row(fn, a.sentence)
+    inputs = serving.one_row(fn, a.sentence)
     rows: dict[str, float] = {}
     x = {k: tf.constant(v) for k, v in inputs.items()}
     out = fn(**x)
     translation = out["translation"].numpy()[0].decode() if "translation" in out else None
     rows["eager"] = p50_ms(lambda: fn(**x), a.seconds)
 
-    sessions = {"session": None,
-                "session_inter_op_1": tf.compat.v1.ConfigProto(inter_op_parallelism_threads=1),
-                "session_per_session_threads": tf.compat.v1.ConfigProto(use_per_session_threads=True)}
-    for name, config in sessions.items():
-        servable = Servable(a.model_name, 1, path, {"serve"}, config)
+    # (session config, take the inter-op setting of the export's session_config.pbtxt: -1, its ops on the
+    # calling thread; the intra-op threads it may name need a pool per session, which only a server started
+    # that way has)
+    sessions = {"session": (None, False),
+                "session_inter_op_1": (tf.compat.v1.ConfigProto(inter_op_parallelism_threads=1), False),
+                "session_per_session_threads": (tf.compat.v1.ConfigProto(use_per_session_threads=True), False),
+                "session_as_exported": (None, True)}
+    for name, (config, as_exported) in sessions.items():
+        servable = Servable(a.model_name, 1, path, {"serve"}, config, model_inter_op=as_exported)
         run = servable.signatures["serving_default"].run
         rows[name] = p50_ms(lambda: run(inputs), a.seconds)
         del servable
-    # the export's own session_config.pbtxt, as the server takes it here (its inter-op -1; the intra-op
-    # threads it may name need a pool per session, which only a server started that way has)
-    servable = Servable(a.model_name, 1, path, {"serve"}, None, model_inter_op=True)
-    run = servable.signatures["serving_default"].run
-    rows["session_as_exported"] = p50_ms(lambda: run(inputs), a.seconds)
-    del servable
 
     with tempfile.TemporaryDirectory(prefix="serving-profile-") as tmp:
         base = os.path.join(tmp, a.model_name)
